@@ -1,0 +1,46 @@
+"""nucleax: exact, per-row, jit-friendly sampling for LLM decoding in JAX.
+
+The contract (what is sampled), in short:
+
+1. Order: logits processors, then temperature `z / T`, then top-k, then top-p
+   (on the distribution renormalised after top-k), then min-p, then one draw
+   from the softmax over the surviving tokens (the order of HF transformers and
+   SGLang; vLLM applies min-p before top-k/top-p, which differs only when min-p
+   and top-p are both active).
+2. Masks are tie-inclusive, so permuting the vocabulary permutes the answer:
+   top-k keeps x iff fewer than k tokens have a strictly larger logit; top-p
+   keeps x iff the mass of strictly more probable tokens is < p; min-p keeps x
+   iff `q_x >= min_p * max(q)`. The most probable token always survives.
+3. Off values: `top_k` 0, -1 or >= V; `top_p` 1; `min_p` 0.
+   `temperature = 0` is greedy (argmax, lowest index among ties).
+4. Arithmetic is float32 whatever the logits' dtype (bf16/f16 are upcast).
+5. Keys are explicit: one key (row i uses `fold_in(key, i)`) or one key per row.
+   Same key, logits and parameters: same token, with or without jit, with any
+   method.
+6. Bad input: host-known values raise ValueError/TypeError naming the argument.
+   Inside jit (traced values), the fallbacks are: temperature NaN or < 0 is
+   greedy, +inf is uniform over the surviving tokens; top_k < -1 is off;
+   top_p <= 0 or NaN keeps only the most probable token(s), top_p > 1 is off;
+   min_p NaN is off and is clipped to [0, 1]. NaN logits count as -inf; a row
+   with +inf logits is uniform over them; a row with no finite logit gives
+   token 0, a point mass on token 0 in `probs`, and `valid = False`.
+"""
+
+from ._params import SamplingParams
+from ._sample import SampleOutput, keep_mask, probs, sample
+from .ops import greedy, mask_min_p, mask_top_k, mask_top_p, scale_temperature
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SampleOutput",
+    "SamplingParams",
+    "greedy",
+    "keep_mask",
+    "mask_min_p",
+    "mask_top_k",
+    "mask_top_p",
+    "probs",
+    "sample",
+    "scale_temperature",
+]

@@ -1,0 +1,130 @@
+"""Ways to find the per-row threshold `tau`: sort (reference), window, bisection.
+
+- `sort`: sorts every row (`O(V log V)`); the obviously-correct reference.
+- `fast` (default): a static window of the `W` largest values per row, found
+  without a full sort (block maxima, then `lax.top_k` on the few blocks that
+  can hold them). Top-k with `k <= W` and top-p whose nucleus fits in the
+  window are read off it exactly. Rows where the window cannot decide (top-k
+  with `k > W`, or a top-p nucleus wider than the window) fall back to an
+  exact 32-step bisection over the float32 bit patterns of the row, run only
+  when some row of the batch needs it.
+- `bisect`: the bisection alone, for every row (no window).
+
+All three give the same `tau` up to float rounding of the cumulative mass,
+so the same surviving set and, with the shared sampler, the same token.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._core import (
+    NEG_INF,
+    Rows,
+    bisect_uint32,
+    blocks,
+    combine,
+    key_to_float,
+    ordered_key,
+    top_k_from_window,
+    top_p_from_window,
+    total_mass,
+)
+
+METHODS = ("auto", "fast", "bisect", "sort")
+_WINDOW_BLOCK = 128  # block width for locating the window without a sort
+
+
+def check_method(method: str, window: int) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise ValueError(
+            f"window must be a positive int (a static candidate count), got {window!r}")
+
+
+def threshold(r: Rows, method: str, window: int) -> jax.Array:
+    """The final per-row threshold `tau` ([B] float32) for `method`."""
+    if method == "sort":
+        return _sort_threshold(r)
+    return _window_threshold(r, 0 if method == "bisect" else window)
+
+
+def _sort_threshold(r: Rows) -> jax.Array:
+    vals = jnp.flip(jnp.sort(r.z, axis=-1), axis=-1)
+    tau_k, _ = top_k_from_window(r, vals)
+    total_k = jnp.sum(r.exp_weights(vals, tau_k), axis=-1)
+    tau_p, _ = top_p_from_window(r, vals, tau_k, total_k)
+    return combine(r, tau_k, tau_p)
+
+
+def window_values(z: jax.Array, width: int) -> jax.Array:
+    """The `width` largest values of each row, descending, with no full sort.
+
+    The `width` largest values all lie in the `width` blocks with the largest
+    block maxima (each of those maxima is a distinct element >= the width-th
+    largest block maximum), so only those blocks go through `lax.top_k`.
+    """
+    b, v = z.shape
+    width = min(width, v)
+    if v < 8 * width * _WINDOW_BLOCK:
+        return lax.top_k(z, width)[0]
+    zb = blocks(z, _WINDOW_BLOCK, NEG_INF)
+    _, best = lax.top_k(jnp.max(zb, axis=-1), width)
+    cand = jnp.take_along_axis(zb, best[:, :, None], axis=1).reshape(b, width * _WINDOW_BLOCK)
+    return lax.top_k(cand, width)[0]
+
+
+def _bisect_top_k(r: Rows) -> jax.Array:
+    """k-th largest value: smallest t with #{z > t} < k."""
+    keys = ordered_key(r.z)
+    t = bisect_uint32(lambda t: jnp.sum(keys > t[:, None], axis=-1) < r.k, r.z.shape[0])
+    return key_to_float(t)
+
+
+def _bisect_top_p(r: Rows, tau_k: jax.Array, total_k: jax.Array) -> jax.Array:
+    """Smallest t with mass{z > t} < p (mass renormalised over top-k)."""
+    keys = ordered_key(r.z)
+    w = r.exp_weights(r.z, tau_k)
+    limit = r.p * total_k
+
+    def pred(t):
+        return jnp.sum(jnp.where(keys > t[:, None], w, 0.0), axis=-1) < limit
+
+    return key_to_float(bisect_uint32(pred, r.z.shape[0]))
+
+
+def _fill_in(need: jax.Array, exact, current: jax.Array) -> jax.Array:
+    """Replaces `current` by `exact()` where `need`, computing it only if any row needs it."""
+    return lax.cond(jnp.any(need), lambda: jnp.where(need, exact(), current), lambda: current)
+
+
+def _window_threshold(r: Rows, width: int) -> jax.Array:
+    batch, vocab = r.z.shape
+    live = ~r.greedy
+    k_on, p_on = r.k_on & live, r.p_on & live
+    if width > 0:
+        width = min(width, vocab)
+        vals = lax.cond(jnp.any(k_on | p_on), lambda z: window_values(z, width),
+                        lambda z: jnp.full((batch, width), NEG_INF), r.z)
+        tau_k, need_k = top_k_from_window(r, vals)
+    else:
+        vals = None
+        tau_k, need_k = jnp.full((batch,), NEG_INF), r.k_on
+    tau_k = _fill_in(need_k & live, lambda: _bisect_top_k(r), tau_k)
+
+    if vals is not None:
+        # When the window already holds every top-k survivor (its last value is
+        # below tau_k), its own mass is the renormaliser; otherwise one pass.
+        window_mass = jnp.sum(r.exp_weights(vals, tau_k), axis=-1)
+        total_k = _fill_in(p_on & ~(vals[:, -1] < tau_k), lambda: total_mass(r, tau_k),
+                           window_mass)
+        tau_p, need_p = top_p_from_window(r, vals, tau_k, total_k)
+    else:
+        total_k = lax.cond(jnp.any(p_on), lambda: total_mass(r, tau_k),
+                           lambda: jnp.ones((batch,)))
+        tau_p, need_p = jnp.full((batch,), NEG_INF), r.p_on
+    tau_p = _fill_in(need_p & live, lambda: _bisect_top_p(r, tau_k, total_k), tau_p)
+    return combine(r, tau_k, tau_p)

@@ -1,0 +1,239 @@
+"""Sampling benchmark: nucleax against baselines measured in the same run.
+
+Run as `nucleax bench sampling [options]` or `python benchmarks/sampling.py`.
+Prints a table of median step times (compile time reported separately) and
+writes JSON. Baselines: the one-pass floor (`jnp.max` over the vocabulary),
+`jax.random.categorical` on tempered logits, a `jnp.sort` nucleus sampler and,
+when transformers 4.x is installed, HF's Flax warper chain + categorical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import nucleax as nx
+
+MIXES = {  # name: (temperature, top_k, top_p, min_p)
+    "greedy": (0.0, 0, 1.0, 0.0),
+    "T": (0.7, 0, 1.0, 0.0),
+    "T+k50": (0.7, 50, 1.0, 0.0),
+    "T+p0.9": (0.7, 0, 0.9, 0.0),
+    "T+k50+p0.9": (0.7, 50, 0.9, 0.0),
+    "minp0.05": (1.0, 0, 1.0, 0.05),
+}
+MIXED = "mixed"  # every row a different mix, cycling through MIXES
+
+
+def llm_like_logits(batch: int, vocab: int, dtype, seed: int = 0, slope: float = 1.1):
+    """Zipf-shaped logits, `-slope * log(rank) + noise`, ranks shuffled per row.
+
+    With slope 1.1 and T = 0.7 the 0.9 nucleus holds a few dozen tokens, as
+    next-token distributions of chat models usually do.
+    """
+    rng = np.random.default_rng(seed)
+    ranks = np.argsort(rng.random((batch, vocab)), axis=1) + 1.0
+    z = -slope * np.log(ranks) + rng.normal(0, 0.1, (batch, vocab))
+    return jnp.asarray(z.astype(np.float32)).astype(dtype)
+
+
+def row_params(mix: str, batch: int) -> nx.SamplingParams:
+    names = list(MIXES) if mix == MIXED else [mix]
+    cols = np.array([MIXES[names[i % len(names)]] for i in range(batch)])
+    return nx.SamplingParams(cols[:, 0], cols[:, 1].astype(np.int32), cols[:, 2], cols[:, 3])
+
+
+# ---------------------------------------------------------------------------
+# Baselines
+
+
+def floor_fn(key, z, params):
+    return jnp.max(z, axis=-1)
+
+
+def categorical_fn(key, z, params):
+    t = jnp.where(params.temperature > 0, params.temperature, 1.0)
+    return jax.random.categorical(key, z.astype(jnp.float32) / t[:, None])
+
+
+def sort_nucleus_fn(key, z, params):
+    """Textbook top-k/top-p: sort the row, cumulative sum, mask, categorical."""
+    t = jnp.where(params.temperature > 0, params.temperature, 1.0)
+    s = z.astype(jnp.float32) / t[:, None]
+    srt = jnp.flip(jnp.sort(s, axis=-1), axis=-1)
+    vocab = s.shape[-1]
+    k = jnp.where((params.top_k > 0) & (params.top_k < vocab), params.top_k, vocab)
+    kth = jnp.take_along_axis(srt, (k - 1)[:, None], axis=-1)
+    srt = jnp.where(srt >= kth, srt, -jnp.inf)
+    q = jax.nn.softmax(srt, axis=-1)
+    before = jnp.cumsum(q, axis=-1) - q
+    cut = jnp.min(jnp.where(before < params.top_p[:, None], srt, jnp.inf), axis=-1, keepdims=True)
+    return jax.random.categorical(key, jnp.where(s >= jnp.maximum(cut, kth), s, -jnp.inf))
+
+
+def hf_flax_fn():
+    """HF transformers 4.x Flax warpers (one parameter set per batch, Python scalars)."""
+    try:
+        from transformers.generation.flax_logits_process import (
+            FlaxLogitsProcessorList,
+            FlaxTemperatureLogitsWarper,
+            FlaxTopKLogitsWarper,
+            FlaxTopPLogitsWarper,
+        )
+    except Exception:  # noqa: BLE001 - optional baseline: any import failure means absent
+        return None
+
+    def make(mix):
+        t, k, p, _ = MIXES.get(mix, MIXES["T+k50+p0.9"])
+        chain = FlaxLogitsProcessorList()
+        if t > 0:
+            chain.append(FlaxTemperatureLogitsWarper(t))
+        if k:
+            chain.append(FlaxTopKLogitsWarper(int(k)))
+        if p < 1:
+            chain.append(FlaxTopPLogitsWarper(float(p)))
+
+        def fn(key, z, params):
+            scores = chain(None, z.astype(jnp.float32), 0)
+            return jax.random.categorical(key, scores)
+
+        return fn
+
+    return make
+
+
+# ---------------------------------------------------------------------------
+# Timing
+
+
+def measure(fn: Callable, args, reps: int, budget_s: float) -> dict:
+    jitted = jax.jit(fn)
+    t0 = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(*args))  # warm-up
+    times = []
+    start = time.perf_counter()
+    while len(times) < reps and (len(times) < 3 or time.perf_counter() - start < budget_s):
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t)
+        if times[0] > budget_s:
+            break
+    return {"median_ms": 1e3 * statistics.median(times), "compile_s": compile_s,
+            "reps": len(times)}
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    dev = jax.devices()[0]
+    return {"date": datetime.date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
+            "jax": jax.__version__, "backend": jax.default_backend(),
+            "device": getattr(dev, "device_kind", str(dev))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="nucleax bench sampling", description=__doc__)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--vocab", type=int, nargs="+", default=[32000, 151936])
+    ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"],
+                    choices=["float32", "bfloat16"])
+    ap.add_argument("--mix", nargs="+", default=[*MIXES, MIXED], choices=[*MIXES, MIXED])
+    ap.add_argument("--full", action="store_true",
+                    help="the whole grid: B 1 8 64 256, V 32000 49152 128256 151936 262144")
+    ap.add_argument("--baselines", nargs="*", default=["floor", "categorical", "sort", "hf"],
+                    choices=["floor", "categorical", "sort", "hf"])
+    ap.add_argument("--method", default="auto", choices=["auto", "fast", "bisect", "sort"])
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--budget", type=float, default=2.0, help="seconds per measurement, at most")
+    ap.add_argument("--slow-limit", type=float, default=3e6,
+                    help="skip the sort and HF baselines above this many B*V elements "
+                         "(unless --full)")
+    ap.add_argument("--json", default="benchmarks/out/sampling.json")
+    args = ap.parse_args(argv)
+    if args.full:
+        args.batch, args.vocab = [1, 8, 64, 256], [32000, 49152, 128256, 151936, 262144]
+        args.slow_limit = float("inf")
+
+    info = machine()
+    print(f"# nucleax sampling benchmark, {info['date']}, {info['cpu']} ({info['cores']} cores), "
+          f"jax {info['jax']} on {info['backend']} ({info['device']})")
+    print("# median ms per call, jitted, compile excluded; logits: Zipf-like (llm_like_logits)")
+    hf = hf_flax_fn() if "hf" in args.baselines else None
+    if "hf" in args.baselines and hf is None:
+        print("# HF baseline: transformers 4.x not installed (pip install 'transformers<5')")
+    cols = ["B", "V", "dtype", "mix", "nucleax", "compile_s", "floor", "x_floor", "categorical",
+            "sort", "hf", "x_vs_hf", "x_vs_sort"]
+    print(" ".join(f"{c:>11}" for c in cols))
+    records = []
+    for vocab in args.vocab:
+        for batch in args.batch:
+            for dtype in args.dtype:
+                z = llm_like_logits(batch, vocab, jnp.dtype(dtype))
+                keys = jax.random.split(jax.random.key(0), batch)
+                key = jax.random.key(1)
+                floor = None
+                if "floor" in args.baselines:
+                    floor = measure(floor_fn, (key, z, None), args.reps, args.budget)
+                for mix in args.mix:
+                    params = row_params(mix, batch)
+                    ours = measure(lambda k, z, p: nx.sample(k, z, p, method=args.method),
+                                   (keys, z, params), args.reps, args.budget)
+                    rec = {**info, "B": batch, "V": vocab, "dtype": dtype, "mix": mix,
+                           "method": args.method, "nucleax_ms": ours["median_ms"],
+                           "nucleax_compile_s": ours["compile_s"]}
+                    if floor:
+                        rec["floor_ms"] = floor["median_ms"]
+                    if "categorical" in args.baselines:
+                        rec["categorical_ms"] = measure(categorical_fn, (key, z, params),
+                                                        args.reps, args.budget)["median_ms"]
+                    slow_ok = batch * vocab <= args.slow_limit
+                    if "sort" in args.baselines and slow_ok and mix != "greedy":
+                        rec["sort_ms"] = measure(sort_nucleus_fn, (key, z, params), args.reps,
+                                                 args.budget)["median_ms"]
+                    if hf is not None and slow_ok and mix != "greedy":
+                        rec["hf_ms"] = measure(hf(mix), (key, z, params), args.reps,
+                                               args.budget)["median_ms"]
+                    records.append(rec)
+                    print(_row(rec))
+    if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+        print(f"# wrote {args.json}")
+    return 0
+
+
+def _row(r: dict) -> str:
+    def ms(key):
+        return f"{r[key]:.3f}" if key in r else "-"
+
+    def ratio(num, den):
+        return f"{r[num] / r[den]:.1f}x" if num in r and den in r else "-"
+
+    vals = [r["B"], r["V"], r["dtype"], r["mix"], ms("nucleax_ms"), f"{r['nucleax_compile_s']:.2f}",
+            ms("floor_ms"), ratio("nucleax_ms", "floor_ms"), ms("categorical_ms"), ms("sort_ms"),
+            ms("hf_ms"), ratio("hf_ms", "nucleax_ms"), ratio("sort_ms", "nucleax_ms")]
+    return " ".join(f"{v!s:>11}" for v in vals)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,112 @@
+"""The single sampling ops, usable alone and composable.
+
+Each op takes logits `[V]` or `[B, V]` (any float dtype) and a parameter that
+is a scalar or a `[B]` array, and returns float32 logits of the same shape
+with removed tokens set to `-inf` (the one masking constant). Parameters are
+traced: new values never recompile. Chaining them in the contract's order
+gives exactly the survivors of `nucleax.probs`::
+
+    z = scale_temperature(logits, T)
+    z = mask_min_p(mask_top_p(mask_top_k(z, k), p), m)
+    jax.nn.softmax(z) == nucleax.probs(logits, SamplingParams(T, k, p, m))
+
+`mask_top_p` and `mask_min_p` read the distribution `softmax(z)` of the
+logits they are given (renormalised over the tokens still alive), so apply
+temperature first. Rules (ties at a boundary are kept, the most probable
+token always survives) are those of `nucleax.probs`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from . import _core
+from ._methods import check_method, threshold
+from ._params import SamplingParams
+
+__all__ = ["greedy", "mask_min_p", "mask_top_k", "mask_top_p", "scale_temperature"]
+
+
+@functools.partial(jax.jit, static_argnames=("method", "window"))
+def _apply(logits, params, method, window):
+    z, single = _core.as_batch(logits)
+    r = _core.Rows(z, *params.rows(z.shape[0]))
+    keep = _core.keep_mask(r, threshold(r, method, window))
+    out = jnp.where(keep, r.z, _core.NEG_INF)
+    return out[0] if single else out
+
+
+def _op(params: SamplingParams, logits: Any, method: str, window: int) -> jax.Array:
+    check_method(method, window)
+    return _apply(logits, params, method, window)
+
+
+def mask_top_k(logits: Any, k: Any, *, method: str = "auto", window: int = 64) -> jax.Array:
+    """Keeps token x iff `#{y : z_y > z_x} < k` (ties kept); `k` of 0 or -1 is off.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> mask_top_k(jnp.array([1.0, 3.0, 3.0, 2.0]), 2).tolist()
+      [-inf, 3.0, 3.0, -inf]
+    """
+    return _op(SamplingParams(top_k=k), logits, method, window)
+
+
+def mask_top_p(logits: Any, p: Any, *, method: str = "auto", window: int = 64) -> jax.Array:
+    """Keeps token x iff `sum{q_y : q_y > q_x} < p`, `q = softmax(logits)` (Holtzman et al., 2019).
+
+    `p` in (0, 1]; 1 is off.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> mask_top_p(jnp.log(jnp.array([0.5, 0.3, 0.2])), 0.6).tolist()[2]
+      -inf
+    """
+    return _op(SamplingParams(top_p=p), logits, method, window)
+
+
+def mask_min_p(logits: Any, m: Any, *, method: str = "auto", window: int = 64) -> jax.Array:
+    """Keeps token x iff `q_x >= m * max(q)`, `q = softmax(logits)` (Nguyen et al., 2024).
+
+    `m` in [0, 1]; 0 is off. Compared on probabilities, never on raw logits.
+    """
+    return _op(SamplingParams(min_p=m), logits, method, window)
+
+
+@jax.jit
+def _temperature(logits, params):
+    z, single = _core.as_batch(logits)
+    r = _core.Rows(z, *params.rows(z.shape[0]))
+    scaled = (r.z - r.zmax[:, None]) / r.t[:, None]
+    onehot = jnp.arange(z.shape[-1])[None, :] == jnp.argmax(r.z, axis=-1)[:, None]
+    out = jnp.where(r.greedy[:, None], jnp.where(onehot, 0.0, _core.NEG_INF), scaled)
+    return out[0] if single else out
+
+
+def scale_temperature(logits: Any, temperature: Any) -> jax.Array:
+    """`(z - max z) / T` in float32; `T = 0` leaves only the argmax (at 0).
+
+    Subtracting the row maximum first keeps tiny temperatures finite; it does
+    not change `softmax`. `-inf` stays `-inf`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> scale_temperature(jnp.array([1.0, 3.0]), 0.5).tolist()
+      [-4.0, 0.0]
+    """
+    return _temperature(logits, SamplingParams(temperature=temperature))
+
+
+def greedy(logits: Any) -> jax.Array:
+    """Argmax per row as int32, lowest index among ties; NaN counts as -inf.
+
+    A row with no finite logit returns 0 (as `nucleax.sample` does).
+    """
+    z, single = _core.as_batch(logits)
+    z = jnp.where(jnp.isnan(z), _core.NEG_INF, z)  # +inf, if any, wins as in `sample`
+    out = jnp.argmax(z, axis=-1).astype(jnp.int32)
+    return out[0] if single else out
