@@ -210,3 +210,16 @@ def test_top_p_uses_tempered_probabilities():
     # At T=1 the top token holds 0.51 < 0.6 so two tokens survive; at T=0.3 it holds > 0.6.
     assert int(nx.keep_mask(SEED_LOGITS, nx.SamplingParams(1.0, top_p=0.6)).sum()) == 2
     assert int(nx.keep_mask(SEED_LOGITS, nx.SamplingParams(0.3, top_p=0.6)).sum()) == 1
+
+
+@pytest.mark.parametrize("vocab", [4096, 10007, 50000])
+def test_window_values_equal_lax_top_k(vocab):
+    """The sort-free window (block maxima, then top_k on a few blocks) is exact, ties too."""
+    from nucleax._methods import window_values
+
+    rng = np.random.default_rng(vocab)
+    z = np.round(rng.normal(0, 1, (3, vocab)) * 4).astype(np.float32)  # heavy ties
+    z[1, rng.choice(vocab, vocab // 2, replace=False)] = -np.inf
+    for width in (1, 64):
+        np.testing.assert_array_equal(window_values(jnp.asarray(z), width),
+                                      jax.lax.top_k(z, width)[0])
