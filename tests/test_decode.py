@@ -53,7 +53,9 @@ def test_batch_equals_each_prompt_alone(model):
         alone = decode.generate(model, [PROMPTS[i]], _rows(params, [i]),
                                 key=keys[i:i + 1], max_new_tokens=8, return_logprobs=True)
         np.testing.assert_array_equal(alone.tokens[0], batch.tokens[i])
-        np.testing.assert_allclose(alone.logprobs[0], batch.logprobs[i], atol=1e-5)
+        # Tokens are identical; log-probabilities may differ by float32 rounding, since
+        # XLA blocks a [1, d] and a [3, d] matmul differently.
+        np.testing.assert_allclose(alone.logprobs[0], batch.logprobs[i], rtol=1e-5, atol=1e-5)
     # reordered batch, too
     order = [2, 0, 1]
     shuffled = decode.generate(model, [PROMPTS[i] for i in order],

@@ -52,16 +52,108 @@ def _demo(args: argparse.Namespace) -> int:
         counts = np.bincount(tokens, minlength=len(SEED_TOKENS))
         shown = ", ".join(f"{SEED_TOKENS[j]} {c}" for j, c in enumerate(counts) if c)
         print(f"  {label:<{width}} {shown}")
+    if not args.no_model:
+        _story_demo(args.max_new_tokens, args.seed)
     return 0
+
+
+STORY = ("Once upon a time, in a faraway land, there was a magical forest where many "
+         "wonderful stories happened. Continue the story.")
+# (label, temperature, top_k, top_p, min_p): the article's knobs, side by side
+STORY_SETTINGS = [
+    ("greedy", 0.0, 0, 1.0, 0.0),
+    ("T=0.7 top-k 50", 0.7, 50, 1.0, 0.0),
+    ("T=1.0 top-p 0.95", 1.0, 0, 0.95, 0.0),
+    ("T=1.5", 1.5, 0, 1.0, 0.0),
+]
+
+
+def _story_demo(max_new_tokens: int, seed: int) -> None:
+    import time
+
+    import jax
+
+    import nucleax as nx
+
+    from .decode import generate
+    from .models import ModelNotFoundError, load_gguf
+
+    try:
+        model, tok = load_gguf()
+    except ModelNotFoundError as err:
+        print(f"\n(SmolLM2 demo skipped: {err})")
+        return
+    prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": STORY}]))
+    cols = list(zip(*STORY_SETTINGS, strict=True))
+    params = nx.SamplingParams(np.array(cols[1]), np.array(cols[2], np.int32),
+                               np.array(cols[3]), np.array(cols[4]))
+    n = len(STORY_SETTINGS)
+    keys = jax.random.split(jax.random.key(seed), n)
+    print(f"\nSmolLM2-135M-Instruct, one batch of {n} rows, one setting per row "
+          f"(seed {seed}, up to {max_new_tokens} new tokens):")
+    print(f"  prompt: {STORY}")
+    t0 = time.perf_counter()
+    out = generate(model, [prompt] * n, params, key=keys, max_new_tokens=max_new_tokens,
+                   stop_ids=tok.stop_ids)
+    out.tokens.block_until_ready()
+    seconds = time.perf_counter() - t0
+    for i, (label, *_) in enumerate(STORY_SETTINGS):
+        text = tok.decode(np.asarray(out.tokens[i, : int(out.lengths[i])]))
+        print(f"\n--- {label} ---\n{' '.join(text.split())}")
+    total = int(np.asarray(out.lengths).sum())
+    print(f"\n{total} tokens in {seconds:.1f} s, compilation included "
+          "(`nucleax bench decode` measures steady-state speed)")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import time
+
+    import jax
+
+    from .decode import stream
+    from .models import load_gguf
+
+    params = _params_from_args(args)
+    model, tok = load_gguf(args.model, dtype=args.dtype)
+    text = args.prompt if args.raw else tok.apply_chat_template(
+        [{"role": "user", "content": args.prompt}])
+    prompts = [tok.encode(text)] * args.batch
+    keys = jax.random.split(jax.random.key(args.seed), args.batch)
+    generated = [[] for _ in range(args.batch)]
+    shown, t_first, steps = "", None, 0
+    for tokens, live in stream(model, prompts, params, key=keys,
+                               max_new_tokens=args.max_new_tokens, stop_ids=tok.stop_ids):
+        tokens, live = np.asarray(tokens), np.asarray(live)
+        for i in np.flatnonzero(live):
+            generated[i].append(int(tokens[i]))
+        now = tok.decode(generated[0])
+        print(now[len(shown):], end="", flush=True)
+        shown, steps = now, steps + 1
+        if steps == 2:  # the first two calls compile prefill and step
+            t_first = time.perf_counter()
+    print()
+    for i in range(1, args.batch):
+        print(f"\n--- sample {i} ---\n{tok.decode(generated[i])}")
+    if t_first is not None and steps > 2:
+        rate = args.batch * (steps - 2) / (time.perf_counter() - t_first)
+        print(f"\n[{sum(map(len, generated))} tokens; decode {rate:.1f} tokens/s "
+              f"at batch {args.batch}, compilation excluded]", file=sys.stderr)
+    return 0
+
+
+def _params_from_args(args: argparse.Namespace):
+    import nucleax as nx
+
+    return nx.SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                             min_p=args.min_p)
 
 
 def _bench(args: argparse.Namespace) -> int:
     if args.what == "sampling":
         from .bench import main as bench_main
-
-        return bench_main(args.rest)
-    print(f"unknown benchmark {args.what!r}; available: sampling", file=sys.stderr)
-    return 2
+    else:
+        from .bench_decode import main as bench_main
+    return bench_main(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,9 +162,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="show what temperature, top-k, top-p and min-p do")
     demo.add_argument("--samples", type=int, default=2000, help="draws per setting")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--max-new-tokens", type=int, default=48)
+    demo.add_argument("--no-model", action="store_true", help="skip the SmolLM2 part")
     demo.set_defaults(func=_demo)
-    bench = sub.add_parser("bench", help="run a benchmark (sampling)")
-    bench.add_argument("what", choices=["sampling"])
+    gen = sub.add_parser("generate", help="generate text with a GGUF model (streams)")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--raw", action="store_true", help="no chat template")
+    gen.add_argument("--model", default=None, help="a .gguf path (default: bundled SmolLM2)")
+    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    gen.add_argument("--temperature", type=float, default=0.7)
+    gen.add_argument("--top-k", type=int, default=50)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--min-p", type=float, default=0.0)
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--batch", type=int, default=1, help="samples of the same prompt")
+    gen.set_defaults(func=_generate)
+    bench = sub.add_parser("bench", help="run a benchmark: sampling or decode")
+    bench.add_argument("what", choices=["sampling", "decode"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark")
     bench.set_defaults(func=_bench)
     return parser

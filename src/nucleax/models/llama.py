@@ -1,9 +1,10 @@
 """A Flax NNX Llama-family decoder (Llama, SmolLM, Qwen2) with a KV cache.
 
 GQA attention, RoPE, RMSNorm, SwiGLU MLP, tied or separate output embedding,
-optional q/k/v biases (Qwen2). Layer weights are stacked on a leading layer
-axis and the layers run under `lax.scan`, so compile time does not grow with
-depth.
+optional q/k/v biases (Qwen2). Each layer is its own `Block` module with its
+own parameters, and the layers run as an unrolled Python loop. (A `lax.scan`
+over stacked weights would slice, and on CPU copy, every layer's weights at
+every step: twice the memory traffic of a batch-1 decode step.)
 
 The cache keeps one slot per absolute position: the token at position `p` of
 row `b` is written to slot `p`, and a query at position `q` attends to slots
@@ -130,15 +131,61 @@ def _linear(x: jax.Array, w: jax.Array) -> jax.Array:
                            preferred_element_type=jnp.float32)
 
 
+class Block(nnx.Module):
+    """One decoder layer's parameters (names as in `LAYER_SHAPES` / `BIAS_SHAPES`)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], dtype: jnp.dtype):
+        # q/k/v and gate/up are fused into one matrix each: fewer, larger dots.
+        fused = {"wqkv": np.concatenate([arrays["wq"], arrays["wk"], arrays["wv"]]),
+                 "w_gate_up": np.concatenate([arrays["w_gate"], arrays["w_up"]])}
+        if "bq" in arrays:
+            fused["bqkv"] = np.concatenate([arrays["bq"], arrays["bk"], arrays["bv"]])
+        for name in ("attn_norm", "ffn_norm", "wo", "w_down"):
+            fused[name] = arrays[name]
+        for name, arr in fused.items():
+            keep_f32 = name.endswith("norm") or name.startswith("b")
+            setattr(self, name, nnx.Param(jnp.asarray(arr, jnp.float32 if keep_f32 else dtype)))
+
+    def __call__(self, c: LlamaConfig, x, positions, k_all, v_all, idx, visible):
+        b, t, _ = x.shape
+        rows = jnp.arange(b)[:, None]
+        group = c.n_heads // c.n_kv_heads
+        h = rms_norm(x, self.attn_norm[...], c.norm_eps)
+        qkv = _linear(h, self.wqkv[...])
+        if c.attn_bias:
+            qkv = qkv + self.bqkv[...]
+        nq, nkv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+        q, k, v = qkv[..., :nq], qkv[..., nq:nq + nkv], qkv[..., nq + nkv:]
+        q = rope(q.reshape(b, t, c.n_heads, c.head_dim), positions, c.rope_base,
+                 c.rope_interleaved)
+        k = rope(k.reshape(b, t, c.n_kv_heads, c.head_dim), positions, c.rope_base,
+                 c.rope_interleaved)
+        v = v.reshape(b, t, c.n_kv_heads, c.head_dim)
+        k_all = k_all.at[idx, rows, positions].set(k)
+        v_all = v_all.at[idx, rows, positions].set(v)
+        keys, values = k_all[idx], v_all[idx]  # [B, S, Hkv, D]
+        qg = q.reshape(b, t, c.n_kv_heads, group, c.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys) / np.sqrt(c.head_dim)
+        scores = jnp.where(visible[:, None, None], scores, -jnp.inf)
+        attn = jax.nn.softmax(scores, axis=-1)
+        out = jnp.einsum("bkgts,bskd->btkgd", attn, values).reshape(b, t, -1)
+        x = x + _linear(out, self.wo[...])
+        h = rms_norm(x, self.ffn_norm[...], c.norm_eps)
+        gate_up = _linear(h, self.w_gate_up[...])
+        gate = jax.nn.silu(gate_up[..., :c.hidden_dim]) * gate_up[..., c.hidden_dim:]
+        return x + _linear(gate, self.w_down[...]), k_all, v_all
+
+
 class Llama(nnx.Module):
     """Llama-family decoder. Call: `(tokens, positions, cache) -> (logits, cache)`.
 
     Args:
       config: the `LlamaConfig`.
       weights: a dict from `weight_shapes(config)` names to arrays (float32
-        NumPy arrays from `nucleax.models.load_gguf`, or `random_weights`).
-      dtype: the parameters' dtype (float32 or bfloat16); activations,
-        norms, softmax and logits are float32.
+        NumPy arrays from `nucleax.models.read_gguf`, or `random_weights`);
+        layer weights stacked on a leading layer axis.
+      dtype: the matrices' dtype (float32 or bfloat16); norms, biases,
+        activations, softmax and logits stay float32.
     """
 
     def __init__(self, config: LlamaConfig, weights: dict[str, np.ndarray],
@@ -148,13 +195,18 @@ class Llama(nnx.Module):
         missing = sorted(set(shapes) - set(weights))
         if missing:
             raise ValueError(f"weights are missing {missing}")
-        self.dtype = jnp.dtype(dtype)
         for name, shape in shapes.items():
-            arr = np.asarray(weights[name])
-            if arr.shape != shape:
-                raise ValueError(f"weight {name!r} must have shape {shape}, got {arr.shape}")
-            keep_f32 = name.endswith("norm") or name.startswith("b")
-            setattr(self, name, nnx.Param(jnp.asarray(arr, jnp.float32 if keep_f32 else dtype)))
+            if np.shape(weights[name]) != shape:
+                raise ValueError(f"weight {name!r} must have shape {shape}, "
+                                 f"got {np.shape(weights[name])}")
+        self.embed = nnx.Param(jnp.asarray(weights["embed"], dtype))
+        self.norm = nnx.Param(jnp.asarray(weights["norm"], jnp.float32))
+        if not config.tie_embeddings:
+            self.output = nnx.Param(jnp.asarray(weights["output"], dtype))
+        names = list(LAYER_SHAPES) + (list(BIAS_SHAPES) if config.attn_bias else [])
+        self.layers = nnx.List([
+            Block({n: np.asarray(weights[n][i]) for n in names}, jnp.dtype(dtype))
+            for i in range(config.n_layers)])
 
     def init_cache(self, batch: int, length: int) -> KVCache:
         c = self.config
@@ -165,43 +217,12 @@ class Llama(nnx.Module):
                  cache: KVCache) -> tuple[jax.Array, KVCache]:
         """Logits `[B, T, V]` (float32) for `tokens` `[B, T]` at `positions` `[B, T]`."""
         c = self.config
-        b, t = tokens.shape
-        names = list(LAYER_SHAPES) + (list(BIAS_SHAPES) if c.attn_bias else [])
-        layers = {n: getattr(self, n)[...] for n in names}
         x = jnp.take(self.embed[...], tokens, axis=0).astype(jnp.float32)
-        rows = jnp.arange(b)[:, None]
         slots = jnp.arange(cache.k.shape[2])
         visible = slots[None, None, :] <= positions[:, :, None]  # [B, T, S]
-        group = c.n_heads // c.n_kv_heads
-
-        def layer(carry, inputs):
-            x, k_all, v_all = carry
-            w, idx = inputs
-            h = rms_norm(x, w["attn_norm"], c.norm_eps)
-            q, k, v = _linear(h, w["wq"]), _linear(h, w["wk"]), _linear(h, w["wv"])
-            if c.attn_bias:
-                q, k, v = q + w["bq"], k + w["bk"], v + w["bv"]
-            q = rope(q.reshape(b, t, c.n_heads, c.head_dim), positions, c.rope_base,
-                     c.rope_interleaved)
-            k = rope(k.reshape(b, t, c.n_kv_heads, c.head_dim), positions, c.rope_base,
-                     c.rope_interleaved)
-            v = v.reshape(b, t, c.n_kv_heads, c.head_dim)
-            k_all = k_all.at[idx, rows, positions].set(k)
-            v_all = v_all.at[idx, rows, positions].set(v)
-            keys, values = k_all[idx], v_all[idx]  # [B, S, Hkv, D]
-            qg = q.reshape(b, t, c.n_kv_heads, group, c.head_dim)
-            scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys) / np.sqrt(c.head_dim)
-            scores = jnp.where(visible[:, None, None], scores, -jnp.inf)
-            attn = jax.nn.softmax(scores, axis=-1)
-            out = jnp.einsum("bkgts,bskd->btkgd", attn, values).reshape(b, t, -1)
-            x = x + _linear(out, w["wo"])
-            h = rms_norm(x, w["ffn_norm"], c.norm_eps)
-            x = x + _linear(jax.nn.silu(_linear(h, w["w_gate"])) * _linear(h, w["w_up"]),
-                            w["w_down"])
-            return (x, k_all, v_all), None
-
-        (x, k_all, v_all), _ = lax.scan(layer, (x, cache.k, cache.v),
-                                        (layers, jnp.arange(c.n_layers)))
+        k_all, v_all = cache
+        for i, block in enumerate(self.layers):
+            x, k_all, v_all = block(c, x, positions, k_all, v_all, i, visible)
         x = rms_norm(x, self.norm[...], c.norm_eps)
         head = self.embed[...] if c.tie_embeddings else self.output[...]
         return _linear(x, head), KVCache(k_all, v_all)
