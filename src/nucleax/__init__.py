@@ -26,8 +26,10 @@ The contract (what is sampled), in short:
    token 0, a point mass on token 0 in `probs`, and `valid = False`.
 """
 
+from . import explain, presets
 from ._params import SamplingParams
 from ._sample import SampleOutput, keep_mask, probs, sample
+from .check import SamplingWarning, check
 from .ops import greedy, mask_min_p, mask_top_k, mask_top_p, scale_temperature
 
 __version__ = "0.1.0"
@@ -35,11 +37,15 @@ __version__ = "0.1.0"
 __all__ = [
     "SampleOutput",
     "SamplingParams",
+    "SamplingWarning",
+    "check",
+    "explain",
     "greedy",
     "keep_mask",
     "mask_min_p",
     "mask_top_k",
     "mask_top_p",
+    "presets",
     "probs",
     "sample",
     "scale_temperature",

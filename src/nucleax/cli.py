@@ -141,11 +141,105 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+GENERATE_DEFAULTS = {"temperature": 0.7, "top_k": 50, "top_p": 1.0, "min_p": 0.0}
+
+
+def _sampling_flags(parser: argparse.ArgumentParser, nargs: str | None) -> None:
+    """--temperature --top-k --top-p --min-p --preset (explicit flags override a preset)."""
+    kw = {"nargs": nargs} if nargs else {}
+    parser.add_argument("--temperature", type=float, default=None, **kw)
+    parser.add_argument("--top-k", type=int, default=None, **kw)
+    parser.add_argument("--top-p", type=float, default=None, **kw)
+    parser.add_argument("--min-p", type=float, default=None, **kw)
+    parser.add_argument("--preset", default=None, **kw,
+                        help="a named setting (`nucleax presets`); explicit flags override it")
+
+
 def _params_from_args(args: argparse.Namespace):
+    """One SamplingParams: defaults, then the preset, then explicit flags; with warnings."""
     import nucleax as nx
 
-    return nx.SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                             min_p=args.min_p)
+    values = dict(GENERATE_DEFAULTS)
+    if args.preset:
+        base = nx.presets.get(args.preset)
+        values = {n: np.asarray(getattr(base, n)).item() for n in values}
+    for name in values:
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    params = nx.SamplingParams(**values)
+    for msg in nx.check(params, warn=False):
+        print(f"warning: {msg}", file=sys.stderr)
+    return params
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import nucleax as nx
+    from nucleax import explain as ex
+
+    if (args.logits is None) == (args.prompt is None):
+        print("explain: give either --logits (with optional --tokens) or --prompt",
+              file=sys.stderr)
+        return 2
+    if args.logits is not None:
+        logits = np.asarray(args.logits, np.float32)
+        tokens = args.tokens or [str(i) for i in range(logits.size)]
+        shown = None
+    else:
+        logits, tokens = _next_token_logits(args)
+        shown = np.argsort(-logits, kind="stable")[: args.top].tolist()
+    settings = []
+    if any(getattr(args, n) is not None for n in ("temperature", "top_k", "top_p", "min_p")) \
+            or not args.preset:
+        settings += ex.settings_grid(args.temperature or [1.0], args.top_k or [0],
+                                     args.top_p or [1.0], args.min_p or [0.0])
+    labels = [ex.label(s) for s in settings]
+    for name in args.preset or []:
+        settings.append(nx.presets.get(name))
+        labels.append(name)
+    e = ex.explain(logits, settings, tokens, labels)
+    print(e.table(shown))
+    for lbl, s in zip(labels, settings, strict=True):
+        for msg in nx.check(s, logits, warn=False):
+            print(f"warning ({lbl}): {msg}", file=sys.stderr)
+    rows = shown if shown is not None else range(len(tokens))
+    sub_logits = e.logits[list(rows)]
+    sub_tokens = [e.tokens[i] for i in rows]
+    if args.plot:
+        ex.plot_bars(e, args.plot, rows=shown)
+        print(f"wrote {args.plot}")
+    if args.sweep_temperature:
+        ex.plot_temperature_sweep(sub_logits, settings[0], args.sweep_temperature, sub_tokens)
+        print(f"wrote {args.sweep_temperature}")
+    if args.html:
+        title = "nucleax explain" + (f": next token after {args.prompt!r} (top {len(rows)})"
+                                     if args.prompt else "")
+        ex.write_html(sub_logits, sub_tokens, args.html, settings[0], title)
+        print(f"wrote {args.html}")
+    return 0
+
+
+def _next_token_logits(args: argparse.Namespace):
+    import jax.numpy as jnp
+
+    from .models import load_gguf
+
+    model, tok = load_gguf(args.model)
+    text = args.prompt if args.raw else tok.apply_chat_template(
+        [{"role": "user", "content": args.prompt}])
+    ids = tok.encode(text)
+    positions = jnp.arange(len(ids), dtype=jnp.int32)[None]
+    logits, _ = model(jnp.asarray([ids], jnp.int32), positions, model.init_cache(1, len(ids)))
+    names = [repr(tok.decode([i], skip_special=False)) for i in range(model.config.vocab_size)]
+    return np.asarray(logits[0, -1], np.float32), names
+
+
+def _presets(args: argparse.Namespace) -> int:
+    import nucleax as nx
+
+    width = max(map(len, nx.presets.PRESETS)) + 2
+    for name, preset in nx.presets.PRESETS.items():
+        print(f"{name:<{width}}{nx.explain.label(preset.params):<22}{preset.description}")
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -170,14 +264,25 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--raw", action="store_true", help="no chat template")
     gen.add_argument("--model", default=None, help="a .gguf path (default: bundled SmolLM2)")
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    gen.add_argument("--temperature", type=float, default=0.7)
-    gen.add_argument("--top-k", type=int, default=50)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--min-p", type=float, default=0.0)
+    _sampling_flags(gen, nargs=None)
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch", type=int, default=1, help="samples of the same prompt")
     gen.set_defaults(func=_generate)
+    exp = sub.add_parser("explain", help="table/charts/page of how the knobs reshape logits")
+    exp.add_argument("--logits", type=float, nargs="+")
+    exp.add_argument("--tokens", nargs="+")
+    exp.add_argument("--prompt", help="explain the model's next-token distribution instead")
+    exp.add_argument("--raw", action="store_true", help="no chat template for --prompt")
+    exp.add_argument("--model", default=None, help="a .gguf path (default: bundled SmolLM2)")
+    exp.add_argument("--top", type=int, default=15, help="tokens shown for --prompt")
+    _sampling_flags(exp, nargs="+")
+    exp.add_argument("--plot", help="write grouped bars to this PNG")
+    exp.add_argument("--sweep-temperature", help="write probability-vs-temperature curves (PNG)")
+    exp.add_argument("--html", help="write an interactive page with sliders")
+    exp.set_defaults(func=_explain)
+    pre = sub.add_parser("presets", help="list the named settings")
+    pre.set_defaults(func=_presets)
     bench = sub.add_parser("bench", help="run a benchmark: sampling or decode")
     bench.add_argument("what", choices=["sampling", "decode"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark")
