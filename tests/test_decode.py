@@ -154,3 +154,22 @@ def test_smollm2_greedy_knows_the_capital_of_france():
                           key=jax.random.key(0), max_new_tokens=4, stop_ids=tok.stop_ids)
     text = tok.decode(np.asarray(out.tokens[0][: int(out.lengths[0])]))
     assert text.startswith(" Paris"), text
+
+
+def test_per_step_stats_describe_the_distribution_drawn_from(model):
+    params = nx.SamplingParams(temperature=np.array([0.0, 1.0, 0.8]), top_k=np.array([0, 5, 0]),
+                               top_p=np.array([1.0, 1.0, 0.6]))
+    out = decode.generate(model, PROMPTS, params, key=_keys(1, 2, 3), max_new_tokens=5,
+                          return_stats=True, stop_ids=[9])
+    alive, ent = np.asarray(out.survivors), np.asarray(out.entropy)
+    assert (alive[0, :out.lengths[0]] == 1).all() and (ent[0] == 0).all()  # greedy
+    assert ((alive[1, :out.lengths[1]] >= 1) & (alive[1, :out.lengths[1]] <= 5)).all()
+    # first step: recompute from the prefill logits with the float64 reference forward
+    for row, prompt in enumerate(PROMPTS):
+        want = np.asarray(nx.probs(forward(CONFIG, WEIGHTS, prompt)[-1].astype(np.float32),
+                                   _rows(params, [row])))
+        assert alive[row, 0] == (want > 0).sum()
+        w = want[want > 0]
+        assert abs(ent[row, 0] + np.sum(w * np.log(w))) < 1e-3
+    for row in range(3):
+        assert (alive[row, out.lengths[row]:] == 0).all()

@@ -29,6 +29,7 @@ The contract (what is sampled), in short:
 from . import explain, presets
 from ._params import SamplingParams
 from ._sample import SampleOutput, keep_mask, probs, sample
+from .calibrate import calibrate_temperature
 from .check import SamplingWarning, check
 from .ops import greedy, mask_min_p, mask_top_k, mask_top_p, scale_temperature
 
@@ -38,6 +39,7 @@ __all__ = [
     "SampleOutput",
     "SamplingParams",
     "SamplingWarning",
+    "calibrate_temperature",
     "check",
     "explain",
     "greedy",

@@ -233,6 +233,63 @@ def _next_token_logits(args: argparse.Namespace):
     return np.asarray(logits[0, -1], np.float32), names
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from . import sweep as sw
+    from .models import load_gguf
+
+    grid = None
+    if any(getattr(args, n) for n in ("temperature", "top_k", "top_p", "min_p")) \
+            or not args.presets:
+        grid = {"temperature": args.temperature or [1.0], "top_k": args.top_k or [0],
+                "top_p": args.top_p or [1.0], "min_p": args.min_p or [0.0]}
+    settings = sw.settings_from(grid, args.presets)
+    model, tok = load_gguf(args.model)
+    reports = sw.run_sweep(model, tok, args.prompt, settings, samples=args.samples,
+                           max_new_tokens=args.max_new_tokens, seed=args.seed,
+                           chat=not args.raw, batch_size=args.batch_size)
+    print(sw.table(reports))
+    if args.out:
+        meta = {"seed": args.seed, "samples": args.samples, "max_new_tokens": args.max_new_tokens,
+                "chat_template": not args.raw}
+        sw.write_outputs(reports, args.prompt, args.out, meta)
+        print(f"wrote {args.out}/report.md, results.json, chart.png")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import jax.numpy as jnp
+
+    from .calibrate import calibrate_temperature, plot_reliability
+    from .models import load_gguf
+
+    model, tok = load_gguf(args.model)
+    with open(args.text, encoding="utf-8") as f:
+        ids = tok.encode(f.read())[: args.max_tokens + 1]
+    if len(ids) < 2:
+        raise SystemExit(f"calibrate: {args.text} holds {len(ids)} token(s); need at least 2")
+    logits, targets = [], []
+    chunks = range(0, len(ids) - 1, args.chunk)
+    for n, start in enumerate(chunks):
+        piece = ids[start:start + args.chunk + 1]
+        x = jnp.asarray([piece[:-1]], jnp.int32)
+        pos = jnp.arange(x.shape[1], dtype=jnp.int32)[None]
+        out, _ = model(x, pos, model.init_cache(1, x.shape[1]))
+        logits.append(np.asarray(out[0]))
+        targets.extend(piece[1:])
+        bar = "#" * (30 * (n + 1) // len(chunks))
+        print(f"\r[{bar:<30}] chunk {n + 1}/{len(chunks)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    z, y = np.concatenate(logits), np.asarray(targets, np.int32)
+    res = calibrate_temperature(z, y)
+    print(f"tokens scored: {len(y)} (chunks of {args.chunk})")
+    print(f"fitted temperature: {res.temperature:.4f}")
+    print(f"NLL per token: {res.nll_before:.4f} at T=1 -> {res.nll_after:.4f} at the fitted T")
+    print(f"ECE (15 bins): {res.ece_before:.4f} -> {res.ece_after:.4f}")
+    plot_reliability(z, y, res.temperature, args.plot)
+    print(f"wrote {args.plot}")
+    return 0
+
+
 def _presets(args: argparse.Namespace) -> int:
     import nucleax as nx
 
@@ -281,6 +338,28 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--sweep-temperature", help="write probability-vs-temperature curves (PNG)")
     exp.add_argument("--html", help="write an interactive page with sliders")
     exp.set_defaults(func=_explain)
+    swp = sub.add_parser("sweep", help="generate many samples per setting and measure them")
+    swp.add_argument("--prompt", action="append", required=True, help="repeat for more prompts")
+    swp.add_argument("--temperature", type=float, nargs="+")
+    swp.add_argument("--top-k", type=int, nargs="+")
+    swp.add_argument("--top-p", type=float, nargs="+")
+    swp.add_argument("--min-p", type=float, nargs="+")
+    swp.add_argument("--presets", nargs="+")
+    swp.add_argument("--samples", type=int, default=8)
+    swp.add_argument("--max-new-tokens", type=int, default=48)
+    swp.add_argument("--seed", type=int, default=0)
+    swp.add_argument("--raw", action="store_true", help="no chat template")
+    swp.add_argument("--batch-size", type=int, default=32, help="rows per generate call")
+    swp.add_argument("--model", default=None)
+    swp.add_argument("--out", help="folder for report.md, results.json, chart.png")
+    swp.set_defaults(func=_sweep)
+    cal = sub.add_parser("calibrate", help="fit the temperature calibrating the model on a text")
+    cal.add_argument("--text", required=True, help="a UTF-8 text file")
+    cal.add_argument("--max-tokens", type=int, default=1024)
+    cal.add_argument("--chunk", type=int, default=256, help="tokens per forward pass")
+    cal.add_argument("--plot", default="reliability.png")
+    cal.add_argument("--model", default=None)
+    cal.set_defaults(func=_calibrate)
     pre = sub.add_parser("presets", help="list the named settings")
     pre.set_defaults(func=_presets)
     bench = sub.add_parser("bench", help="run a benchmark: sampling or decode")

