@@ -53,10 +53,18 @@ def _unbatch(x: jax.Array, single: bool) -> jax.Array:
     return x[0] if single else x
 
 
-@functools.partial(jax.jit, static_argnames=("method", "window"))
-def _probs(logits, params, method, window):
+_DENSE_OUTPUTS = {
+    "probs": _core.dense_probs,
+    "mask": _core.keep_mask,
+    "masked_logits": lambda r, tau: jnp.where(_core.keep_mask(r, tau), r.z, _core.NEG_INF),
+}
+
+
+@functools.partial(jax.jit, static_argnames=("output", "method", "window"))
+def dense(logits, params, output, method, window):
+    """`[B, V]` (or `[V]`) output of one kind from the per-row thresholds."""
     r, single = _rows(logits, params)
-    return _unbatch(_core.dense_probs(r, threshold(r, method, window)), single)
+    return _unbatch(_DENSE_OUTPUTS[output](r, threshold(r, method, window)), single)
 
 
 def probs(logits: Any, params: SamplingParams | None = None, *, method: str = "auto",
@@ -87,13 +95,7 @@ def probs(logits: Any, params: SamplingParams | None = None, *, method: str = "a
       [0.622, 0.0, 0.0, 0.378, 0.0, 0.0]
     """
     check_method(method, window)
-    return _probs(logits, params, method, window)
-
-
-@functools.partial(jax.jit, static_argnames=("method", "window"))
-def _keep_mask(logits, params, method, window):
-    r, single = _rows(logits, params)
-    return _unbatch(_core.keep_mask(r, threshold(r, method, window)), single)
+    return dense(logits, params, "probs", method, window)
 
 
 def keep_mask(logits: Any, params: SamplingParams | None = None, *, method: str = "auto",
@@ -105,7 +107,7 @@ def keep_mask(logits: Any, params: SamplingParams | None = None, *, method: str 
     never survive otherwise. See `probs` for the rules and arguments.
     """
     check_method(method, window)
-    return _keep_mask(logits, params, method, window)
+    return dense(logits, params, "mask", method, window)
 
 
 @functools.partial(jax.jit, static_argnames=("return_logprobs", "top_n", "method", "window"))

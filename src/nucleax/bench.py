@@ -214,12 +214,17 @@ def main(argv: list[str] | None = None) -> int:
                                                args.budget)["median_ms"]
                     records.append(rec)
                     print(_row(rec))
-    if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
-        print(f"# wrote {args.json}")
+    write_json(records, args.json)
     return 0
+
+
+def write_json(records: list[dict], path: str | None) -> None:
+    """Writes benchmark records to `path` (if given), creating its folder."""
+    if path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(records, f, indent=1)
+        print(f"# wrote {path}")
 
 
 def _row(r: dict) -> str:

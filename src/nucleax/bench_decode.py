@@ -11,8 +11,6 @@ speed.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import time
 
@@ -22,7 +20,7 @@ from flax import nnx
 
 import nucleax as nx
 
-from .bench import machine
+from .bench import machine, write_json
 from .decode import generate
 
 PROMPT = "Once upon a time, in a faraway land, there was a magical forest where"
@@ -100,11 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['weights_mb']:.0f}", f"{r['weights_read_ms']:.1f}",
                     f"{r['batch1_bound_tokens_per_s']:.1f}"]
             print(" ".join(f"{v!s:>10}" for v in vals), flush=True)
-    if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
-        print(f"# wrote {args.json}")
+    write_json(records, args.json)
     return 0
 
 

@@ -18,31 +18,22 @@ token always survives) are those of `nucleax.probs`.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from . import _core
-from ._methods import check_method, threshold
+from ._methods import check_method
 from ._params import SamplingParams
+from ._sample import dense
 
 __all__ = ["greedy", "mask_min_p", "mask_top_k", "mask_top_p", "scale_temperature"]
 
 
-@functools.partial(jax.jit, static_argnames=("method", "window"))
-def _apply(logits, params, method, window):
-    z, single = _core.as_batch(logits)
-    r = _core.Rows(z, *params.rows(z.shape[0]))
-    keep = _core.keep_mask(r, threshold(r, method, window))
-    out = jnp.where(keep, r.z, _core.NEG_INF)
-    return out[0] if single else out
-
-
 def _op(params: SamplingParams, logits: Any, method: str, window: int) -> jax.Array:
     check_method(method, window)
-    return _apply(logits, params, method, window)
+    return dense(logits, params, "masked_logits", method, window)
 
 
 def mask_top_k(logits: Any, k: Any, *, method: str = "auto", window: int = 64) -> jax.Array:
