@@ -5,7 +5,8 @@ and min-p each keep `{x : z_x >= tau}` for a per-row threshold `tau`, because
 probabilities are monotone in the logits for `T > 0`. A method (sort, window,
 bisection) is only a way to find `tau`; everything after it (weights, sampling,
 log-probabilities) is this module's and is common to all methods. That is why
-all exact methods return the *same token* for the same key.
+all exact methods return the *same token* for the same key (up to the float
+rounding of a cumulative sum that lands exactly on a boundary).
 
 Batched code here works on `[B, V]` float32 arrays.
 """
@@ -185,20 +186,45 @@ def _first_crossing(cum: jax.Array, w: jax.Array, target: jax.Array) -> jax.Arra
     return jnp.where(first < n, first, jnp.maximum(last, 0))
 
 
-def draw(r: Rows, tau: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
+def draw(r: Rows, tau: jax.Array, u: jax.Array,
+         window: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
     """Inverse-CDF draw in vocabulary order with one uniform `u` per row.
 
-    The first token whose cumulative weight exceeds `u * total` is drawn.
+    The first token whose cumulative weight exceeds `u * total` is drawn; the
+    token always has positive weight and no per-token random numbers are
+    needed. Returns `(tokens, total)`, `total` being the row's unnormalised
+    mass (for log-probabilities).
 
-    Two levels: block sums pick a block, a cumulative sum inside it picks the
-    token, so only one pass over the row and no per-token random numbers are
-    needed. The token always has positive weight. Returns `(tokens, total)`,
-    `total` being the row's unnormalised mass (for log-probabilities).
+    With `window = (values, ids)`, the `W` largest logits of each row: when
+    every row's survivors lie inside its window (`tau > values[:, -1]`), the
+    draw runs over those `W` candidates, sorted back into vocabulary order,
+    and reads nothing else. Otherwise it is two-level over the whole row: block
+    sums pick a block, a cumulative sum inside it picks the token (one pass).
+    Both are the same inverse CDF; they can differ only by the float rounding
+    of the cumulative sums.
     """
     # Greedy rows draw with u = 0 from the tokens at the row max: the first of
     # them, i.e. the argmax with the lowest index (no separate argmax pass).
     tau = jnp.where(r.greedy, r.zmax, tau)
     u = jnp.where(r.greedy, 0.0, u)
+    if window is None:
+        return _draw_blocks(r, tau, u)
+    vals, ids = window
+    inside = (tau > vals[:, -1]) & (vals[:, 0] > NEG_INF)
+    return lax.cond(jnp.all(inside), lambda: _draw_window(r, tau, u, vals, ids),
+                    lambda: _draw_blocks(r, tau, u))
+
+
+def _draw_window(r: Rows, tau, u, vals, ids) -> tuple[jax.Array, jax.Array]:
+    order = jnp.argsort(ids, axis=-1)
+    ids = jnp.take_along_axis(ids, order, axis=-1)
+    w = r.exp_weights(jnp.take_along_axis(vals, order, axis=-1), tau)
+    total = jnp.sum(w, axis=-1)
+    j = _first_crossing(jnp.cumsum(w, axis=-1), w, u * total)
+    return jnp.take_along_axis(ids, j[:, None], axis=-1)[:, 0].astype(jnp.int32), total
+
+
+def _draw_blocks(r: Rows, tau, u) -> tuple[jax.Array, jax.Array]:
     size = _block_size(r.z.shape[-1])
     zb = blocks(r.z, size, NEG_INF)
     wb = r.exp_weights(zb, tau)

@@ -47,8 +47,13 @@ def check_method(method: str, window: int) -> None:
 
 def threshold(r: Rows, method: str, window: int) -> jax.Array:
     """The final per-row threshold `tau` ([B] float32) for `method`."""
+    return threshold_and_window(r, method, window)[0]
+
+
+def threshold_and_window(r: Rows, method: str, window: int):
+    """`tau`, and the fast method's window `(values, ids)` (else None) for the draw."""
     if method == "sort":
-        return _sort_threshold(r)
+        return _sort_threshold(r), None
     return _window_threshold(r, 0 if method == "bisect" else window)
 
 
@@ -61,7 +66,12 @@ def _sort_threshold(r: Rows) -> jax.Array:
 
 
 def window_values(z: jax.Array, width: int) -> jax.Array:
-    """The `width` largest values of each row, descending, with no full sort.
+    """The `width` largest values of each row, descending, with no full sort."""
+    return window_top_k(z, width)[0]
+
+
+def window_top_k(z: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
+    """The `width` largest values of each row (descending) and their ids, with no full sort.
 
     The `width` largest values all lie in the `width` blocks with the largest
     block maxima (each of those maxima is a distinct element >= the width-th
@@ -70,11 +80,14 @@ def window_values(z: jax.Array, width: int) -> jax.Array:
     b, v = z.shape
     width = min(width, v)
     if v < 4 * width * _WINDOW_BLOCK:
-        return lax.top_k(z, width)[0]
+        vals, ids = lax.top_k(z, width)
+        return vals, ids.astype(jnp.int32)
     zb = blocks(z, _WINDOW_BLOCK, NEG_INF)
     _, best = lax.top_k(jnp.max(zb, axis=-1), width)
     cand = jnp.take_along_axis(zb, best[:, :, None], axis=1).reshape(b, width * _WINDOW_BLOCK)
-    return lax.top_k(cand, width)[0]
+    vals, j = lax.top_k(cand, width)
+    block = jnp.take_along_axis(best, j // _WINDOW_BLOCK, axis=-1)
+    return vals, (block * _WINDOW_BLOCK + j % _WINDOW_BLOCK).astype(jnp.int32)
 
 
 def _bisect_top_k(r: Rows) -> jax.Array:
@@ -107,8 +120,9 @@ def _window_threshold(r: Rows, width: int) -> jax.Array:
     k_on, p_on = r.k_on & live, r.p_on & live
     if width > 0:
         width = min(width, vocab)
-        vals = lax.cond(jnp.any(k_on | p_on), lambda z: window_values(z, width),
-                        lambda z: jnp.full((batch, width), NEG_INF), r.z)
+        vals, ids = lax.cond(jnp.any(k_on | p_on), lambda z: window_top_k(z, width),
+                             lambda z: (jnp.full((batch, width), NEG_INF),
+                                        jnp.zeros((batch, width), jnp.int32)), r.z)
         tau_k, need_k = top_k_from_window(r, vals)
     else:
         vals = None
@@ -127,4 +141,4 @@ def _window_threshold(r: Rows, width: int) -> jax.Array:
                            lambda: jnp.ones((batch,)))
         tau_p, need_p = jnp.full((batch,), NEG_INF), r.p_on
     tau_p = _fill_in(need_p & live, lambda: _bisect_top_p(r, tau_k, total_k), tau_p)
-    return combine(r, tau_k, tau_p)
+    return combine(r, tau_k, tau_p), (None if vals is None else (vals, ids))

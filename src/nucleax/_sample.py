@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from . import _core
-from ._methods import check_method, threshold
+from ._methods import check_method, threshold, threshold_and_window
 from ._params import SamplingParams
 
 __all__ = ["SampleOutput", "keep_mask", "probs", "sample"]
@@ -115,8 +115,8 @@ def _sample(key, logits, params, return_logprobs, top_n, method, window):
     r, single = _rows(logits, params)
     batch, vocab = r.z.shape
     u = _core.row_uniforms(key, batch)
-    tau = threshold(r, method, window)
-    tokens, total = _core.draw(r, tau, u)
+    tau, cand = threshold_and_window(r, method, window)
+    tokens, total = _core.draw(r, tau, u, cand)
     if not (return_logprobs or top_n):
         return _unbatch(tokens, single)
 
@@ -159,14 +159,15 @@ def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
       return_logprobs: also return log-probabilities (a `SampleOutput`).
       top_n: also return the `top_n` most likely alternatives (a `SampleOutput`).
       method, window: see `probs`; every method returns the same token for the
-        same key (up to float rounding exactly at a mask boundary).
+        same key (up to float rounding of a sum that lands exactly on a boundary).
 
     Returns:
       int32 `[B]` tokens (a scalar for `[V]` logits), or a `SampleOutput`.
 
-    The draw is an inverse CDF in vocabulary order with one uniform per row
-    (two-level: block sums, then inside one block), so no per-token noise is
-    generated and the result is exact.
+    The draw is an inverse CDF in vocabulary order with one uniform per row, so
+    no per-token noise is generated and the result is exact. It runs over the
+    fast method's candidate window when that holds every survivor, else two-level
+    over the whole row (block sums, then inside one block).
 
     Example:
       >>> import jax, jax.numpy as jnp, nucleax
