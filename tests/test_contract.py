@@ -213,13 +213,16 @@ def test_top_p_uses_tempered_probabilities():
 
 
 @pytest.mark.parametrize("vocab", [4096, 10007, 50000])
-def test_window_values_equal_lax_top_k(vocab):
+def test_window_top_k_equals_lax_top_k(vocab):
     """The sort-free window (block maxima, then top_k on a few blocks) is exact, ties too."""
-    from nucleax._methods import window_values
+    from nucleax._methods import window_top_k
 
     rng = np.random.default_rng(vocab)
     z = np.round(rng.normal(0, 1, (3, vocab)) * 4).astype(np.float32)  # heavy ties
     z[1, rng.choice(vocab, vocab // 2, replace=False)] = -np.inf
     for width in (1, 64):
-        np.testing.assert_array_equal(window_values(jnp.asarray(z), width),
-                                      jax.lax.top_k(z, width)[0])
+        vals, ids = window_top_k(jnp.asarray(z), width)
+        np.testing.assert_array_equal(vals, jax.lax.top_k(z, width)[0])
+        ids = np.asarray(ids)
+        assert (ids < vocab).all() and all(len(set(row)) == width for row in ids)
+        np.testing.assert_array_equal(np.take_along_axis(z, ids, axis=-1), vals)

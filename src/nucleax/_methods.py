@@ -65,11 +65,6 @@ def _sort_threshold(r: Rows) -> jax.Array:
     return combine(r, tau_k, tau_p)
 
 
-def window_values(z: jax.Array, width: int) -> jax.Array:
-    """The `width` largest values of each row, descending, with no full sort."""
-    return window_top_k(z, width)[0]
-
-
 def window_top_k(z: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
     """The `width` largest values of each row (descending) and their ids, with no full sort.
 
