@@ -127,3 +127,16 @@ def test_traced_invalid_values_use_documented_fallbacks():
         assert tokens[row] == argmax[row]
     np.testing.assert_allclose(probs[2], np.full(30, 1 / 30), atol=1e-6)  # T=inf: uniform
     np.testing.assert_allclose(probs[3], jax.nn.softmax(z[3]), atol=1e-6)  # k=-7: off
+
+
+def test_scalars_and_stack_round_trip():
+    a, b = nx.SamplingParams(0.7, 50, 0.9), nx.SamplingParams(0.0, -1, 1.0, 0.1)
+    assert a.scalars() == {"temperature": pytest.approx(0.7), "top_k": 50,
+                           "top_p": pytest.approx(0.9), "min_p": 0.0}
+    stacked = nx.SamplingParams.stack([a, b])
+    assert stacked.batch_size == 2 and stacked.top_k.dtype == np.int32
+    np.testing.assert_array_equal(stacked.top_k, [50, -1])
+    np.testing.assert_allclose(stacked.min_p, [0.0, 0.1])
+    with pytest.raises(ValueError, match=r"SamplingParams.temperature must be a scalar here, "
+                                         r"got shape \(2,\)"):
+        stacked.scalars()

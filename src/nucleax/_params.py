@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -136,6 +137,24 @@ class SamplingParams:
                             f"expected some of {list(_FIELDS)}")
         values.update(changes)
         return SamplingParams(**values)
+
+    def scalars(self) -> dict[str, Any]:
+        """The four fields as Python numbers; every field must be a scalar."""
+        out = {}
+        for name in _FIELDS:
+            value = np.asarray(getattr(self, name))
+            if value.ndim:
+                raise ValueError(f"SamplingParams.{name} must be a scalar here, got shape "
+                                 f"{value.shape}; use one SamplingParams per setting")
+            out[name] = value.item()
+        return out
+
+    @classmethod
+    def stack(cls, settings: Sequence[SamplingParams]) -> SamplingParams:
+        """One row per setting: `[len(settings)]` arrays from scalar settings."""
+        rows = [s.scalars() for s in settings]
+        return cls(**{n: np.array([r[n] for r in rows], np.int32 if n == "top_k" else np.float32)
+                      for n in _FIELDS})
 
     def rows(self, batch: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """The four fields broadcast to `[batch]` arrays (f32, i32, f32, f32)."""

@@ -161,8 +161,7 @@ def _params_from_args(args: argparse.Namespace):
 
     values = dict(GENERATE_DEFAULTS)
     if args.preset:
-        base = nx.presets.get(args.preset)
-        values = {n: np.asarray(getattr(base, n)).item() for n in values}
+        values = nx.presets.get(args.preset).scalars()
     for name in values:
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)

@@ -25,8 +25,8 @@ __all__ = ["Explanation", "explain", "label", "plot_bars", "plot_temperature_swe
 
 def label(p: SamplingParams) -> str:
     """A short label: `T=0.7 k=50 p=0.9 min_p=0.05` (off knobs omitted)."""
-    t, k, tp, m = (np.asarray(getattr(p, n)).item() for n in
-                   ("temperature", "top_k", "top_p", "min_p"))
+    v = p.scalars()
+    t, k, tp, m = v["temperature"], v["top_k"], v["top_p"], v["min_p"]
     parts = ["greedy" if t == 0 else f"T={t:g}"]
     if k > 0:
         parts.append(f"k={k}")
@@ -74,12 +74,6 @@ class Explanation(NamedTuple):
         return "\n".join(lines)
 
 
-def _stack(settings: Sequence[SamplingParams]) -> SamplingParams:
-    cols = [np.array([np.asarray(getattr(s, n)).item() for s in settings])
-            for n in ("temperature", "top_k", "top_p", "min_p")]
-    return SamplingParams(cols[0], cols[1].astype(np.int32), cols[2], cols[3])
-
-
 def explain(logits: Any, settings: Sequence[SamplingParams], tokens: Sequence[str] | None = None,
             labels: Sequence[str] | None = None) -> Explanation:
     """Probabilities of one row of logits `[V]` under each setting.
@@ -99,7 +93,8 @@ def explain(logits: Any, settings: Sequence[SamplingParams], tokens: Sequence[st
     if len(tokens) != z.size:
         raise ValueError(f"tokens must name every logit: got {len(tokens)} tokens for "
                          f"{z.size} logits")
-    p = np.asarray(_probs(np.tile(z, (len(settings), 1)), _stack(settings)), np.float64)
+    p = np.asarray(_probs(np.tile(z, (len(settings), 1)), SamplingParams.stack(settings)),
+                   np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = 0.0 - np.sum(np.where(p > 0, p * np.log2(p), 0.0), axis=-1)  # no -0.0
     return Explanation(list(labels) if labels else [label(s) for s in settings], tokens, z, p,
@@ -151,9 +146,8 @@ def plot_temperature_sweep(logits: Any, params: SamplingParams, path: str | Path
 
     z = np.asarray(logits, np.float32)
     temps = np.linspace(0.05, 2.0, 79) if temperatures is None else np.asarray(temperatures)
-    base = [np.asarray(getattr(params, n)).item() for n in ("top_k", "top_p", "min_p")]
-    settings = [SamplingParams(float(t), *base) for t in temps]
-    p = np.asarray(_probs(np.tile(z, (len(temps), 1)), _stack(settings)))
+    settings = [params.replace(temperature=float(t)) for t in temps]
+    p = np.asarray(_probs(np.tile(z, (len(temps), 1)), SamplingParams.stack(settings)))
     tokens = [str(i) for i in range(z.size)] if tokens is None else list(tokens)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, name in enumerate(tokens):
@@ -163,8 +157,8 @@ def plot_temperature_sweep(logits: Any, params: SamplingParams, path: str | Path
         ax.plot(temps, cut, linestyle=":", color=line.get_color())
     ax.set_xlabel("temperature")
     ax.set_ylabel("probability")
-    ax.set_title(f"Probability vs temperature ({label(SamplingParams(1.0, *base))[4:] or 'no cut'};"
-                 " dotted = cut)")
+    knobs = label(params.replace(temperature=1.0))[4:] or "no cut"
+    ax.set_title(f"Probability vs temperature ({knobs}; dotted = cut)")
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -185,8 +179,7 @@ def write_html(logits: Any, tokens: Sequence[str] | None, path: str | Path,
     z = np.asarray(logits, np.float64)
     tokens = [str(i) for i in range(z.size)] if tokens is None else [str(t) for t in tokens]
     params = params or SamplingParams()
-    init = {n: np.asarray(getattr(params, n)).item()
-            for n in ("temperature", "top_k", "top_p", "min_p")}
+    init = params.scalars()
     data = json.dumps({"logits": z.tolist(), "tokens": tokens, "init": init, "title": title})
     html = _PAGE.read_text().replace("/*DATA*/null", data.replace("</", "<\\/"))
     Path(path).write_text(html, encoding="utf-8")

@@ -77,10 +77,6 @@ def _request_key(seed: int, prompt: str, params: dict[str, float], sample: int) 
     return jax.random.fold_in(key, sample)
 
 
-def _values(p: SamplingParams) -> dict[str, float]:
-    return {n: np.asarray(getattr(p, n)).item() for n in ("temperature", "top_k", "top_p", "min_p")}
-
-
 def run_sweep(model: Any, tokenizer: Any, prompts: Sequence[str],
               settings: Sequence[tuple[str, SamplingParams]], *, samples: int = 8,
               max_new_tokens: int = 48, seed: int = 0, chat: bool = True,
@@ -102,13 +98,11 @@ def run_sweep(model: Any, tokenizer: Any, prompts: Sequence[str],
                                 if chat else p) for p in prompts]
     rows = [(pi, si, k) for si in range(len(settings)) for pi in range(len(prompts))
             for k in range(samples)]
-    values = [_values(p) for _, p in settings]
+    values = [p.scalars() for _, p in settings]
     results = {}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        cols = np.array([[values[si][n] for n in ("temperature", "top_k", "top_p", "min_p")]
-                         for _, si, _ in chunk])
-        params = SamplingParams(cols[:, 0], cols[:, 1].astype(np.int32), cols[:, 2], cols[:, 3])
+        params = SamplingParams.stack([settings[si][1] for _, si, _ in chunk])
         keys = jnp.stack([_request_key(seed, prompts[pi], values[si], k) for pi, si, k in chunk])
         out = generate(model, [encoded[pi] for pi, _, _ in chunk], params, key=keys,
                        max_new_tokens=max_new_tokens, stop_ids=tokenizer.stop_ids,
