@@ -173,3 +173,12 @@ def test_per_step_stats_describe_the_distribution_drawn_from(model):
         assert abs(ent[row, 0] + np.sum(w * np.log(w))) < 1e-3
     for row in range(3):
         assert (alive[row, out.lengths[row]:] == 0).all()
+
+
+def test_raw_uint32_keys_give_the_same_tokens_as_typed_keys(model):
+    params = nx.SamplingParams(temperature=0.9)
+    raw = jax.random.PRNGKey(7)
+    typed = jax.random.wrap_key_data(raw)
+    a = decode.generate(model, PROMPTS, params, key=raw, max_new_tokens=5)
+    b = decode.generate(model, PROMPTS, params, key=typed, max_new_tokens=5)
+    np.testing.assert_array_equal(a.tokens, b.tokens)

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ._core import row_keys
 from ._params import SamplingParams
 from ._sample import probs, sample
 
@@ -108,26 +109,11 @@ def _prepare(model: Any, prompts: Sequence[Sequence[int]], key: Any, params: Any
     if not isinstance(params, SamplingParams):
         raise TypeError(f"params must be a nucleax.SamplingParams, got {type(params).__name__}")
     params.rows(batch)  # checks per-row lengths against the batch
-    keys = _request_keys(key, batch)
+    keys = row_keys(key, batch, "one per prompt")
     stops = np.full((batch, max(1, len(stop_ids or ()))), -1, np.int32)
     if stop_ids:
         stops[:] = np.asarray(list(stop_ids), np.int32)
     return tokens, np.asarray(lengths, np.int32), keys, params, stops, cache_len
-
-
-def _request_keys(key: Any, batch: int) -> jax.Array:
-    if not hasattr(key, "dtype"):
-        raise TypeError(f"key must be a jax PRNG key (jax.random.key(seed)), got {type(key)!r}")
-    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.wrap_key_data(key) if key.dtype == jnp.uint32 else key
-    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        raise TypeError(f"key must be a jax PRNG key, got dtype {key.dtype}")
-    if key.shape == ():
-        return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))
-    if key.shape == (batch,):
-        return key
-    raise ValueError(f"key must be one key or [B] keys with B={batch} (one per prompt), "
-                     f"got shape {key.shape}")
 
 
 def _split(model: Any):
