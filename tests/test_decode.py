@@ -182,3 +182,10 @@ def test_raw_uint32_keys_give_the_same_tokens_as_typed_keys(model):
     a = decode.generate(model, PROMPTS, params, key=raw, max_new_tokens=5)
     b = decode.generate(model, PROMPTS, params, key=typed, max_new_tokens=5)
     np.testing.assert_array_equal(a.tokens, b.tokens)
+
+
+def test_stats_describe_the_processed_distribution(model):
+    """With a processor banning one token per step, T=1 keeps V - 1 survivors."""
+    out = decode.generate(model, PROMPTS, nx.SamplingParams(temperature=1.0), key=_keys(3, 4, 5),
+                          max_new_tokens=6, processors=[NoRepeat()], return_stats=True)
+    np.testing.assert_array_equal(out.survivors, np.full((3, 6), CONFIG.vocab_size - 1))

@@ -143,7 +143,8 @@ def _merge(graphdef, state):
 def _pick(logits, positions, keys, params, processors, proc_states):
     """Processors, then one sampled token per row for the given positions.
 
-    Also returns the survivor count and entropy (nats) of the distribution drawn from.
+    Returns the sample, the processors' new states and the processed logits
+    (what the token was drawn from, for `return_stats`).
     """
     logits = logits.astype(jnp.float32)
     for proc, st in zip(processors, proc_states, strict=True):
@@ -152,7 +153,7 @@ def _pick(logits, positions, keys, params, processors, proc_states):
     out = sample(step_keys, logits, params, return_logprobs=True)
     proc_states = tuple(proc.update(st, out.tokens)
                         for proc, st in zip(processors, proc_states, strict=True))
-    return out, proc_states
+    return out, proc_states, logits
 
 
 def _stats(logits, params):
@@ -171,7 +172,7 @@ def _prefill(graphdef, state, tokens, lengths, keys, params, stops, *, cache_len
     logits, cache = model(tokens, positions, cache)
     last = logits[jnp.arange(batch), lengths - 1]
     proc_states = tuple(p.init(tokens, lengths, last.shape[-1]) for p in processors)
-    out, proc_states = _pick(last, lengths, keys, params, processors, proc_states)
+    out, proc_states, last = _pick(last, lengths, keys, params, processors, proc_states)
     done = jnp.any(out.tokens[:, None] == stops, axis=-1)
     return out, cache, done, proc_states, last
 
@@ -182,9 +183,10 @@ def _step(graphdef, state, tokens, cache, positions, keys, params, stops, done, 
     """Feeds `tokens` at `positions`; samples the tokens for `positions + 1`."""
     model = _merge(graphdef, state)
     logits, cache = model(tokens[:, None], positions[:, None], cache)
-    out, proc_states = _pick(logits[:, 0], positions + 1, keys, params, processors, proc_states)
+    out, proc_states, drawn_from = _pick(logits[:, 0], positions + 1, keys, params, processors,
+                                         proc_states)
     new_done = done | jnp.any(out.tokens[:, None] == stops, axis=-1)
-    return out, cache, new_done, proc_states, logits[:, 0]
+    return out, cache, new_done, proc_states, drawn_from
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "cache_len", "processors",
