@@ -29,8 +29,8 @@ def _demo(args: argparse.Namespace) -> int:
     import nucleax as nx
 
     labels = [s[0] for s in DEMO_SETTINGS]
-    t, k, p, m = (np.array([s[i] for s in DEMO_SETTINGS]) for i in range(1, 5))
-    params = nx.SamplingParams(t, k.astype(np.int32), p, m)  # one setting per row
+    settings = [nx.SamplingParams(*s[1:]) for s in DEMO_SETTINGS]
+    params = nx.SamplingParams.stack(settings)  # one setting per row
     logits = np.tile(np.array(SEED_LOGITS, np.float32), (len(labels), 1))
     table = np.asarray(nx.probs(logits, params))
     print('"It was a wonderful ___": next-token probabilities under each setting')
@@ -47,8 +47,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\n{n} draws per setting (seed {args.seed}), as counts:")
     for i, label in enumerate(labels):
         rows = np.broadcast_to(logits[i], (n, len(SEED_LOGITS)))
-        row_params = nx.SamplingParams(*(np.full(n, x[i]) for x in (t, k.astype(np.int32), p, m)))
-        tokens = np.asarray(nx.sample(keys, rows, row_params))
+        tokens = np.asarray(nx.sample(keys, rows, nx.SamplingParams.stack([settings[i]] * n)))
         counts = np.bincount(tokens, minlength=len(SEED_TOKENS))
         shown = ", ".join(f"{SEED_TOKENS[j]} {c}" for j, c in enumerate(counts) if c)
         print(f"  {label:<{width}} {shown}")
@@ -84,9 +83,7 @@ def _story_demo(max_new_tokens: int, seed: int) -> None:
         print(f"\n(SmolLM2 demo skipped: {err})")
         return
     prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": STORY}]))
-    cols = list(zip(*STORY_SETTINGS, strict=True))
-    params = nx.SamplingParams(np.array(cols[1]), np.array(cols[2], np.int32),
-                               np.array(cols[3]), np.array(cols[4]))
+    params = nx.SamplingParams.stack([nx.SamplingParams(*s[1:]) for s in STORY_SETTINGS])
     n = len(STORY_SETTINGS)
     keys = jax.random.split(jax.random.key(seed), n)
     print(f"\nSmolLM2-135M-Instruct, one batch of {n} rows, one setting per row "
