@@ -87,8 +87,7 @@ def check(params: SamplingParams, logits: Any = None, *, warn: bool = True) -> l
         raise TypeError(f"params must be a nucleax.SamplingParams, got {type(params).__name__}")
     batch = params.batch_size or (1 if logits is None or np.ndim(logits) == 1
                                   else int(np.shape(logits)[0]))
-    cols = [np.broadcast_to(np.asarray(getattr(params, n)), (batch,))
-            for n in ("temperature", "top_k", "top_p", "min_p")]
+    cols = [np.asarray(c) for c in params.rows(batch)]
     survivors = None
     if logits is not None:
         from ._sample import keep_mask

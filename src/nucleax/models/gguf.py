@@ -57,7 +57,8 @@ def model_available() -> bool:
     return True
 
 
-def _field(reader: Any, key: str, default: Any = None) -> Any:
+def metadata_field(reader: Any, key: str, default: Any = None) -> Any:
+    """A GGUF metadata value (`default` when the key is absent)."""
     field = reader.fields.get(key)
     if field is None:
         return default
@@ -87,28 +88,28 @@ def read_gguf(path: str | Path) -> tuple[LlamaConfig, dict[str, np.ndarray], Any
     if not path.is_file():
         raise ModelNotFoundError(f"model file {str(path)!r} does not exist")
     reader = GGUFReader(str(path))
-    arch = _field(reader, "general.architecture")
+    arch = metadata_field(reader, "general.architecture")
     if arch not in SUPPORTED_ARCHS:
         raise ValueError(f"unsupported GGUF architecture {arch!r} in {path.name}; "
                          f"supported: {SUPPORTED_ARCHS}")
     tensors = {t.name: t for t in reader.tensors}
 
     def meta(key, default=None):
-        value = _field(reader, f"{arch}.{key}", default)
+        value = metadata_field(reader, f"{arch}.{key}", default)
         if value is None:
             raise ValueError(f"{path.name} lacks the metadata key {arch}.{key}")
         return value
 
     n_heads = int(meta("attention.head_count"))
     dim = int(meta("embedding_length"))
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    vocab = int(_field(reader, f"{arch}.vocab_size", len(tokens) if tokens else 0) or 0)
+    tokens = metadata_field(reader, "tokenizer.ggml.tokens")
+    vocab = int(metadata_field(reader, f"{arch}.vocab_size", len(tokens) if tokens else 0) or 0)
     vocab = vocab or int(tensors["token_embd.weight"].shape[1])
     config = LlamaConfig(
         vocab_size=vocab, dim=dim, n_layers=int(meta("block_count")), n_heads=n_heads,
         n_kv_heads=int(meta("attention.head_count_kv", n_heads)),
         hidden_dim=int(meta("feed_forward_length")),
-        head_dim=int(_field(reader, f"{arch}.attention.key_length", dim // n_heads)),
+        head_dim=int(metadata_field(reader, f"{arch}.attention.key_length", dim // n_heads)),
         norm_eps=float(meta("attention.layer_norm_rms_epsilon", 1e-5)),
         rope_base=float(meta("rope.freq_base", 10000.0)),
         context_length=int(meta("context_length", 2048)),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
+
+from .gguf import metadata_field
 
 # Pre-tokenizer split patterns by `tokenizer.ggml.pre` (llama.cpp's names).
 _GPT2 = (r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+")
@@ -69,9 +72,7 @@ def tokenizer_from_gguf(reader: Any) -> Tokenizer:
     from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as Backend
 
-    def field(key, default=None):
-        f = reader.fields.get(key)
-        return default if f is None else f.contents()
+    field = functools.partial(metadata_field, reader)
 
     kind = field("tokenizer.ggml.model")
     if kind != "gpt2":
