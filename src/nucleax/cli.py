@@ -257,6 +257,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     from .calibrate import calibrate_temperature, plot_reliability
     from .models import load_gguf
+    from .sweep import show_progress
 
     model, tok = load_gguf(args.model)
     with open(args.text, encoding="utf-8") as f:
@@ -272,9 +273,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         out, _ = model(x, pos, model.init_cache(1, x.shape[1]))
         logits.append(np.asarray(out[0]))
         targets.extend(piece[1:])
-        bar = "#" * (30 * (n + 1) // len(chunks))
-        print(f"\r[{bar:<30}] chunk {n + 1}/{len(chunks)}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+        show_progress(n + 1, len(chunks), "chunks")
     z, y = np.concatenate(logits), np.asarray(targets, np.int32)
     res = calibrate_temperature(z, y)
     print(f"tokens scored: {len(y)} (chunks of {args.chunk})")

@@ -34,6 +34,13 @@ def _ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
     return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
 
 
+def show_progress(done: int, total: int, unit: str) -> None:
+    """A one-line progress bar on stderr; the line ends when `done == total`."""
+    bar = "#" * (30 * done // total)
+    print(f"\r[{bar:<30}] {done}/{total} {unit}", end="\n" if done == total else "",
+          file=sys.stderr, flush=True)
+
+
 def distinct_n(samples: Sequence[Sequence[int]], n: int) -> float:
     """Distinct n-grams over all n-grams, pooled across samples (Li et al., 2016)."""
     grams = [g for s in samples for g in _ngrams(s, n)]
@@ -113,12 +120,7 @@ def run_sweep(model: Any, tokenizer: Any, prompts: Sequence[str],
             results[row] = (out.tokens[j, :n].tolist(), out.raw_logprobs[j, :n],
                             out.survivors[j, :n], out.entropy[j, :n], bool(out.stopped[j]))
         if progress:
-            done = min(start + batch_size, len(rows))
-            bar = "#" * (30 * done // len(rows))
-            print(f"\r[{bar:<30}] {done}/{len(rows)} samples", end="", file=sys.stderr,
-                  flush=True)
-    if progress:
-        print(file=sys.stderr)
+            show_progress(min(start + batch_size, len(rows)), len(rows), "samples")
     reports = []
     for si, (name, _) in enumerate(settings):
         mine = [results[(pi, si, k)] for pi in range(len(prompts)) for k in range(samples)]
