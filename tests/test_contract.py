@@ -215,7 +215,7 @@ def test_top_p_uses_tempered_probabilities():
 @pytest.mark.parametrize("vocab", [4096, 10007, 50000])
 def test_window_top_k_equals_lax_top_k(vocab):
     """The sort-free window (block maxima, then top_k on a few blocks) is exact, ties too."""
-    from nucleax._methods import window_top_k
+    from nucleax._truncation import window_top_k
 
     rng = np.random.default_rng(vocab)
     z = np.round(rng.normal(0, 1, (3, vocab)) * 4).astype(np.float32)  # heavy ties

@@ -9,9 +9,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _core
-from ._methods import check_method, threshold, threshold_and_window
+from ._draw import dense_probs, draw
+from ._draw import keep_mask as _keep_mask
+from ._keys import row_uniforms
 from ._params import SamplingParams
+from ._rows import NEG_INF, Prepared, as_batch
+from ._truncation import check_method, threshold, threshold_and_window
 
 __all__ = ["SampleOutput", "keep_mask", "probs", "sample"]
 
@@ -40,13 +43,13 @@ class SampleOutput(NamedTuple):
     top_raw_logprobs: jax.Array
 
 
-def _rows(logits: Any, params: SamplingParams | None) -> tuple[_core.Rows, bool]:
-    z, single = _core.as_batch(logits)
+def _rows(logits: Any, params: SamplingParams | None) -> tuple[Prepared, bool]:
+    z, single = as_batch(logits)
     if params is None:
         params = SamplingParams()
     if not isinstance(params, SamplingParams):
         raise TypeError(f"params must be a nucleax.SamplingParams, got {type(params).__name__}")
-    return _core.Rows(z, *params.rows(z.shape[0])), single
+    return Prepared(z, *params.rows(z.shape[0])), single
 
 
 def _unbatch(x: jax.Array, single: bool) -> jax.Array:
@@ -54,14 +57,13 @@ def _unbatch(x: jax.Array, single: bool) -> jax.Array:
 
 
 _DENSE_OUTPUTS = {
-    "probs": _core.dense_probs,
-    "mask": _core.keep_mask,
-    "masked_logits": lambda r, tau: jnp.where(_core.keep_mask(r, tau), r.z, _core.NEG_INF),
+    "probs": dense_probs,
+    "mask": _keep_mask,
 }
 
 
 @functools.partial(jax.jit, static_argnames=("output", "method", "window"))
-def dense(logits, params, output, method, window):
+def _dense_output(logits, params, output, method, window):
     """`[B, V]` (or `[V]`) output of one kind from the per-row thresholds."""
     r, single = _rows(logits, params)
     return _unbatch(_DENSE_OUTPUTS[output](r, threshold(r, method, window)), single)
@@ -95,7 +97,7 @@ def probs(logits: Any, params: SamplingParams | None = None, *, method: str = "a
       [0.622, 0.0, 0.0, 0.378, 0.0, 0.0]
     """
     check_method(method, window)
-    return dense(logits, params, "probs", method, window)
+    return _dense_output(logits, params, "probs", method, window)
 
 
 def keep_mask(logits: Any, params: SamplingParams | None = None, *, method: str = "auto",
@@ -107,16 +109,16 @@ def keep_mask(logits: Any, params: SamplingParams | None = None, *, method: str 
     never survive otherwise. See `probs` for the rules and arguments.
     """
     check_method(method, window)
-    return dense(logits, params, "mask", method, window)
+    return _dense_output(logits, params, "mask", method, window)
 
 
 @functools.partial(jax.jit, static_argnames=("return_logprobs", "top_n", "method", "window"))
 def _sample(key, logits, params, return_logprobs, top_n, method, window):
     r, single = _rows(logits, params)
     batch, vocab = r.z.shape
-    u = _core.row_uniforms(key, batch)
-    tau, cand = threshold_and_window(r, method, window)
-    tokens, total = _core.draw(r, tau, u, cand)
+    u = row_uniforms(key, batch)
+    tau, window_vals = threshold_and_window(r, method, window)
+    tokens, total = draw(r, tau, u, window_vals)
     if not (return_logprobs or top_n):
         return _unbatch(tokens, single)
 
@@ -126,7 +128,7 @@ def _sample(key, logits, params, return_logprobs, top_n, method, window):
 
     def logps(ids):  # processed and raw log-probabilities of token ids [B, n]
         zi = jnp.take_along_axis(r.z, ids, axis=-1)
-        alive = (zi >= tau[:, None]) & (zi > _core.NEG_INF)
+        alive = (zi >= tau[:, None]) & (zi > NEG_INF)
         proc = jnp.where(alive, (zi - r.zmax[:, None]) / r.t[:, None] - log_total[:, None],
                          -jnp.inf)
         proc = jnp.where(r.greedy[:, None], jnp.where(ids == tokens[:, None], 0.0, -jnp.inf), proc)

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ._core import row_keys
+from ._keys import row_keys
 from ._params import SamplingParams
 from ._sample import probs, sample
 

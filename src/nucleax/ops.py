@@ -18,22 +18,32 @@ token always survives) are those of `nucleax.probs`.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from . import _core
-from ._methods import check_method
+from ._draw import keep_mask
 from ._params import SamplingParams
-from ._sample import dense
+from ._rows import NEG_INF, Prepared, as_batch
+from ._truncation import check_method, threshold
 
 __all__ = ["greedy", "mask_min_p", "mask_top_k", "mask_top_p", "scale_temperature"]
 
 
+@functools.partial(jax.jit, static_argnames=("method", "window"))
+def _masked(logits, params, method, window):
+    """Logits with `-inf` outside the survivors: clean, threshold, mask."""
+    z, single = as_batch(logits)
+    r = Prepared(z, *params.rows(z.shape[0]))
+    out = jnp.where(keep_mask(r, threshold(r, method, window)), r.z, NEG_INF)
+    return out[0] if single else out
+
+
 def _op(params: SamplingParams, logits: Any, method: str, window: int) -> jax.Array:
     check_method(method, window)
-    return dense(logits, params, "masked_logits", method, window)
+    return _masked(logits, params, method, window)
 
 
 def mask_top_k(logits: Any, k: Any, *, method: str = "auto", window: int = 64) -> jax.Array:
@@ -70,11 +80,11 @@ def mask_min_p(logits: Any, m: Any, *, method: str = "auto", window: int = 64) -
 
 @jax.jit
 def _temperature(logits, params):
-    z, single = _core.as_batch(logits)
-    r = _core.Rows(z, *params.rows(z.shape[0]))
+    z, single = as_batch(logits)
+    r = Prepared(z, *params.rows(z.shape[0]))
     scaled = (r.z - r.zmax[:, None]) / r.t[:, None]
     onehot = jnp.arange(z.shape[-1])[None, :] == jnp.argmax(r.z, axis=-1)[:, None]
-    out = jnp.where(r.greedy[:, None], jnp.where(onehot, 0.0, _core.NEG_INF), scaled)
+    out = jnp.where(r.greedy[:, None], jnp.where(onehot, 0.0, NEG_INF), scaled)
     return out[0] if single else out
 
 
@@ -97,7 +107,7 @@ def greedy(logits: Any) -> jax.Array:
 
     A row with no finite logit returns 0 (as `nucleax.sample` does).
     """
-    z, single = _core.as_batch(logits)
-    z = jnp.where(jnp.isnan(z), _core.NEG_INF, z)  # +inf, if any, wins as in `sample`
+    z, single = as_batch(logits)
+    z = jnp.where(jnp.isnan(z), NEG_INF, z)  # +inf, if any, wins as in `sample`
     out = jnp.argmax(z, axis=-1).astype(jnp.int32)
     return out[0] if single else out

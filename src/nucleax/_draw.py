@@ -1,0 +1,109 @@
+"""Stage 4: from a per-row threshold to outputs: the draw, the mask, the distribution.
+
+Given `tau` (tokens with `z >= tau` survive), the draw is an inverse CDF in
+vocabulary order with one uniform per row, and `keep_mask` / `dense_probs`
+are the dense views of the same survivors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._rows import NEG_INF, Prepared, blocks
+
+
+def keep_mask(r: Prepared, tau: jax.Array) -> jax.Array:
+    """[B, V] bool: the surviving tokens (one-hot argmax for greedy rows)."""
+    vocab = r.z.shape[-1]
+    onehot = jnp.arange(vocab)[None, :] == jnp.argmax(r.z, axis=-1)[:, None]
+    alive = (r.z >= tau[:, None]) & (r.z > NEG_INF)
+    return jnp.where(r.greedy[:, None], onehot, alive)
+
+
+def dense_probs(r: Prepared, tau: jax.Array) -> jax.Array:
+    """[B, V] float32: the distribution sampled from."""
+    w = r.exp_weights(r.z, tau)
+    w = w / jnp.sum(w, axis=-1, keepdims=True)
+    onehot = jax.nn.one_hot(jnp.argmax(r.z, axis=-1), r.z.shape[-1], dtype=jnp.float32)
+    return jnp.where(r.greedy[:, None], onehot, w)
+
+
+def _block_size(vocab: int) -> int:
+    """A block size for the two-level inverse CDF: a divisor of V near sqrt(V)."""
+    root = math.isqrt(vocab)
+    best = None
+    for d in range(max(1, root // 4), min(vocab, 4 * root) + 1):
+        closer = best is None or abs(math.log(d / root)) < abs(math.log(best / root))
+        if vocab % d == 0 and closer:
+            best = d
+    if best is not None and best >= 16:
+        return best
+    return 1 << max(4, round(math.log2(max(root, 1))))
+
+
+def _first_crossing(cum: jax.Array, w: jax.Array, target: jax.Array) -> jax.Array:
+    """First i with cum_i > target and w_i > 0; else the last i with w_i > 0."""
+    n = cum.shape[-1]
+    idx = jnp.arange(n)
+    hit = (cum > target[:, None]) & (w > 0)
+    first = jnp.min(jnp.where(hit, idx, n), axis=-1)
+    last = jnp.max(jnp.where(w > 0, idx, -1), axis=-1)
+    return jnp.where(first < n, first, jnp.maximum(last, 0))
+
+
+def draw(r: Prepared, tau: jax.Array, u: jax.Array,
+         window: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
+    """Inverse-CDF draw in vocabulary order with one uniform `u` per row.
+
+    The first token whose cumulative weight exceeds `u * total` is drawn; the
+    token always has positive weight and no per-token random numbers are
+    needed. Returns `(tokens, total)`, `total` being the row's unnormalised
+    mass (for log-probabilities).
+
+    With `window = (values, ids)`, the `W` largest logits of each row: when
+    every row's survivors lie inside its window (`tau > values[:, -1]`), the
+    draw runs over those `W` candidates, sorted back into vocabulary order,
+    and reads nothing else. Otherwise it is two-level over the whole row: block
+    sums pick a block, a cumulative sum inside it picks the token (one pass).
+    Both are the same inverse CDF; they can differ only by the float rounding
+    of the cumulative sums.
+    """
+    # Greedy rows draw with u = 0 from the tokens at the row max: the first of
+    # them, i.e. the argmax with the lowest index (no separate argmax pass).
+    tau = jnp.where(r.greedy, r.zmax, tau)
+    u = jnp.where(r.greedy, 0.0, u)
+    if window is None:
+        return _draw_blocks(r, tau, u)
+    vals, ids = window
+    inside = (tau > vals[:, -1]) & (vals[:, 0] > NEG_INF)
+    return lax.cond(jnp.all(inside), lambda: _draw_window(r, tau, u, vals, ids),
+                    lambda: _draw_blocks(r, tau, u))
+
+
+def _draw_window(r: Prepared, tau, u, vals, ids) -> tuple[jax.Array, jax.Array]:
+    order = jnp.argsort(ids, axis=-1)
+    ids = jnp.take_along_axis(ids, order, axis=-1)
+    w = r.exp_weights(jnp.take_along_axis(vals, order, axis=-1), tau)
+    total = jnp.sum(w, axis=-1)
+    j = _first_crossing(jnp.cumsum(w, axis=-1), w, u * total)
+    return jnp.take_along_axis(ids, j[:, None], axis=-1)[:, 0].astype(jnp.int32), total
+
+
+def _draw_blocks(r: Prepared, tau, u) -> tuple[jax.Array, jax.Array]:
+    size = _block_size(r.z.shape[-1])
+    zb = blocks(r.z, size, NEG_INF)
+    wb = r.exp_weights(zb, tau)
+    block_sum = jnp.sum(wb, axis=-1)
+    total = jnp.sum(block_sum, axis=-1)
+    target = u * total
+    cum_blocks = jnp.cumsum(block_sum, axis=-1)
+    b = _first_crossing(cum_blocks, block_sum, target)
+    before = jnp.take_along_axis(cum_blocks - block_sum, b[:, None], axis=-1)[:, 0]
+    zsel = jnp.take_along_axis(zb, b[:, None, None], axis=1)[:, 0]
+    wsel = r.exp_weights(zsel, tau)
+    j = _first_crossing(before[:, None] + jnp.cumsum(wsel, axis=-1), wsel, target)
+    return (b * size + j).astype(jnp.int32), total
