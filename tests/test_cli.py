@@ -4,7 +4,8 @@ import json
 
 import numpy as np
 
-from nucleax import bench, cli
+from nucleax import cli
+from nucleax.apps import bench
 
 
 def test_demo_prints_the_seed_table(capsys):

@@ -8,7 +8,7 @@ import pytest
 
 import nucleax as nx
 from nucleax import cli
-from nucleax import explain as ex
+from nucleax.apps import explain as ex
 
 SEED_LOGITS = [5.0, 2.2, 2.0, 4.5, 3.0, 2.7]
 SEED_TOKENS = ["day", "space", "furniture", "experience", "problem", "challenge"]

@@ -9,8 +9,8 @@ from test_models import TINY, _byte_vocab, write_tiny_gguf
 
 import nucleax as nx
 from nucleax import cli
-from nucleax import sweep as sw
-from nucleax.calibrate import calibrate_temperature, expected_calibration_error
+from nucleax.apps import sweep as sw
+from nucleax.apps.calibrate import calibrate_temperature, expected_calibration_error
 from nucleax.models import load_gguf, model_available, random_weights
 
 

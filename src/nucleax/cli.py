@@ -170,7 +170,7 @@ def _params_from_args(args: argparse.Namespace):
 
 def _explain(args: argparse.Namespace) -> int:
     import nucleax as nx
-    from nucleax import explain as ex
+    from nucleax.apps import explain as ex
 
     if (args.logits is None) == (args.prompt is None):
         print("explain: give either --logits (with optional --tokens) or --prompt",
@@ -230,7 +230,7 @@ def _next_token_logits(args: argparse.Namespace):
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from . import sweep as sw
+    from .apps import sweep as sw
     from .models import load_gguf
 
     grid = None
@@ -255,9 +255,9 @@ def _sweep(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
-    from .calibrate import calibrate_temperature, plot_reliability
+    from .apps.calibrate import calibrate_temperature, plot_reliability
     from .models import load_gguf
-    from .sweep import show_progress
+    from .apps.sweep import show_progress
 
     model, tok = load_gguf(args.model)
     with open(args.text, encoding="utf-8") as f:
@@ -287,18 +287,19 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _presets(args: argparse.Namespace) -> int:
     import nucleax as nx
+    from nucleax.apps import explain as ex
 
     width = max(map(len, nx.presets.PRESETS)) + 2
     for name, preset in nx.presets.PRESETS.items():
-        print(f"{name:<{width}}{nx.explain.label(preset.params):<22}{preset.description}")
+        print(f"{name:<{width}}{ex.label(preset.params):<22}{preset.description}")
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
     if args.what == "sampling":
-        from .bench import main as bench_main
+        from .apps.bench import main as bench_main
     else:
-        from .bench_decode import main as bench_main
+        from .apps.bench_decode import main as bench_main
     return bench_main(args.rest)
 
 

@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._params import SamplingParams
-from ._sample import probs as _probs
+from .._params import SamplingParams
+from .._sample import probs as _probs
 
 __all__ = ["Explanation", "explain", "label", "plot_bars", "plot_temperature_sweep",
            "settings_grid", "write_html"]

@@ -21,7 +21,7 @@ from flax import nnx
 import nucleax as nx
 
 from .bench import machine, write_json
-from .decode import generate
+from ..decode import generate
 
 PROMPT = "Once upon a time, in a faraway land, there was a magical forest where"
 
@@ -37,7 +37,7 @@ def _median_s(fn, reps):
 
 
 def run(batch: int, new_tokens: int, dtype: str, reps: int, path=None) -> dict:
-    from .models import load_gguf
+    from ..models import load_gguf
 
     model, tok = load_gguf(path, dtype=jnp.dtype(dtype))
     prompts = [tok.encode(PROMPT)] * batch

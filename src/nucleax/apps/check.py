@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ._params import SamplingParams
+from .._params import SamplingParams
 
 __all__ = ["HIGH_TEMPERATURE", "LOW_TOP_K", "LOW_TOP_P", "MANY_SURVIVORS", "SamplingWarning",
            "check"]
@@ -90,7 +90,7 @@ def check(params: SamplingParams, logits: Any = None, *, warn: bool = True) -> l
     cols = [np.asarray(c) for c in params.rows(batch)]
     survivors = None
     if logits is not None:
-        from ._sample import keep_mask
+        from .._sample import keep_mask
 
         mask = np.asarray(keep_mask(logits, params))
         survivors = mask.reshape(-1, mask.shape[-1]).sum(-1)

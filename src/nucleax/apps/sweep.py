@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._params import SamplingParams
-from .decode import generate
+from .._params import SamplingParams
+from ..decode import generate
 from .explain import label
 
 __all__ = ["SettingReport", "distinct_n", "pairwise_overlap", "repetition", "run_sweep"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._params import SamplingParams
+from .._params import SamplingParams
 
 __all__ = ["PRESETS", "Preset", "get", "names"]
 
