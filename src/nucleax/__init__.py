@@ -26,11 +26,12 @@ The contract (what is sampled), in short:
    token 0, a point mass on token 0 in `probs`, and `valid = False`.
 """
 
-from . import explain, presets
 from ._params import SamplingParams
 from ._sample import SampleOutput, keep_mask, probs, sample
-from .calibrate import calibrate_temperature
-from .check import SamplingWarning, check
+from .apps import presets
+from .apps.calibrate import calibrate_temperature
+from .apps.check import SamplingWarning, check
+from .apps.explain import explain
 from .ops import greedy, mask_min_p, mask_top_k, mask_top_p, scale_temperature
 
 __version__ = "0.1.0"
