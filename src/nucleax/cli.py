@@ -256,8 +256,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
     from .apps.calibrate import calibrate_temperature, plot_reliability
-    from .models import load_gguf
     from .apps.sweep import show_progress
+    from .models import load_gguf
 
     model, tok = load_gguf(args.model)
     with open(args.text, encoding="utf-8") as f:

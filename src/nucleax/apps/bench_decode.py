@@ -20,8 +20,8 @@ from flax import nnx
 
 import nucleax as nx
 
-from .bench import machine, write_json
 from ..decode import generate
+from .bench import machine, write_json
 
 PROMPT = "Once upon a time, in a faraway land, there was a magical forest where"
 
