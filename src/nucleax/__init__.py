@@ -2,7 +2,9 @@
 
 The contract (what is sampled), in short:
 
-1. Order: logits processors, then temperature `z / T`, then top-k, then top-p
+1. Order: logits processors (`nucleax.processors`: penalties, bias, bans,
+   built from `SamplingParams`' vLLM-named fields or chained by hand), then
+   temperature `z / T`, then top-k, then top-p
    (on the distribution renormalised after top-k), then min-p, then one draw
    from the softmax over the surviving tokens (the order of HF transformers and
    SGLang; vLLM applies min-p before top-k/top-p, which differs only when min-p
@@ -26,6 +28,7 @@ The contract (what is sampled), in short:
    token 0, a point mass on token 0 in `probs`, and `valid = False`.
 """
 
+from . import processors
 from ._params import SamplingParams
 from ._sample import SampleOutput, keep_mask, probs, sample
 from .apps import presets
@@ -49,6 +52,7 @@ __all__ = [
     "mask_top_k",
     "mask_top_p",
     "presets",
+    "processors",
     "probs",
     "sample",
     "scale_temperature",

@@ -1,14 +1,22 @@
-"""Batched entry points: `probs`, `keep_mask`, `sample`."""
+"""Batched entry points: `probs`, `keep_mask`, `sample`: the stages put together.
+
+One call runs the whole pipeline of the contract on a `[B, V]` batch:
+stage 1, the logits processors (`nucleax.processors`), on the raw logits;
+stage 2, cleaning and temperature (`_rows`); stage 3, the truncation
+threshold (`_truncation`); stage 4, the draw or a dense view (`_draw`), with
+one key per row (`_keys`).
+"""
 
 from __future__ import annotations
 
-import functools
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from . import processors as pr
 from ._draw import dense_probs, draw
 from ._draw import keep_mask as _keep_mask
 from ._keys import row_uniforms
@@ -26,7 +34,8 @@ class SampleOutput(NamedTuple):
       tokens: int32 `[B]`, the sampled token ids.
       logprobs: float32 `[B]`, log-probability of each token under the final
         (processed) distribution, i.e. `log(probs(...)[token])`.
-      raw_logprobs: float32 `[B]`, under the raw logits: `log_softmax(logits)`.
+      raw_logprobs: float32 `[B]`, under the raw logits, before any processor:
+        `log_softmax(logits)`.
       valid: bool `[B]`, False for rows with no finite logit (token 0 returned).
       top_ids: int32 `[B, n]`, the `n = top_n` highest raw logits (ties: lowest id).
       top_logprobs: float32 `[B, n]`, their processed log-probabilities
@@ -43,17 +52,104 @@ class SampleOutput(NamedTuple):
     top_raw_logprobs: jax.Array
 
 
-def _rows(logits: Any, params: SamplingParams | None) -> tuple[Prepared, bool]:
-    z, single = as_batch(logits)
+# ----------------------------------------------------------------------------
+# Host side: arguments and the processor chain
+
+# Built-in processors and the SamplingParams fields that build them: a chain
+# passed with `processors=` must not repeat one that `params` switches on.
+_BUILTIN_FIELDS = {
+    pr._allowed_apply: ("allowed_token_ids",),
+    pr._bad_words_apply: ("bad_words",),
+    pr._min_tokens_apply: ("min_tokens",),
+    pr._bias_apply: ("logit_bias",),
+    pr._repetition_apply: ("repetition_penalty",),
+    pr._output_apply: ("frequency_penalty", "presence_penalty"),
+    pr._ngram_apply: ("no_repeat_ngram_size",),
+}
+
+
+def _applies(apply: Any) -> list[Any]:
+    if isinstance(apply, pr._ChainApply):
+        return [f for g in apply.fns for f in _applies(g)]
+    return [apply]
+
+
+def check_params(params: Any) -> SamplingParams:
     if params is None:
-        params = SamplingParams()
+        return SamplingParams()
     if not isinstance(params, SamplingParams):
-        raise TypeError(f"params must be a nucleax.SamplingParams, got {type(params).__name__}")
-    return Prepared(z, *params.rows(z.shape[0])), single
+        raise TypeError(f"params must be a nucleax.SamplingParams, got "
+                        f"{type(params).__name__}; pass the values by name: "
+                        "nucleax.SamplingParams(temperature=..., top_p=...)")
+    return params
+
+
+def build_chain(params: SamplingParams, processors: Any, eos_ids: Any = ()) -> Any:
+    """The processors to run: those `params` switches on, then `processors` (or None).
+
+    As in HF transformers, extra processors run after the named ones, and a
+    built-in processor given both ways is an error (it would run twice).
+    """
+    named = params.processors(eos_ids)
+    if processors is None or (isinstance(processors, Sequence) and not processors):
+        return named
+    if isinstance(processors, pr.Processor):
+        extra = processors
+    elif isinstance(processors, Sequence) and not isinstance(processors, str):
+        extra = pr.chain(*processors)
+    else:
+        raise TypeError("processors must be a nucleax.processors.Processor or a list of them, "
+                        f"got {type(processors).__name__}")
+    on = set(params.processors_on())
+    for f in _applies(extra.apply):
+        twice = on & set(_BUILTIN_FIELDS.get(f, ()))
+        if twice:
+            raise ValueError(
+                f"processors= repeats {sorted(twice)}, which params already switches on: it "
+                "would run twice. processors= runs after the chain params builds; pass only "
+                "your extra processors, or set the field off in params to place it yourself")
+    return extra if named is None else pr.chain(named, extra)
+
+
+def init_state(chain: Any, state: Any, batch: int, vocab: int) -> Any:
+    """The processors' state: the given one, or `init` with no history."""
+    if chain is None:
+        if state is not None:
+            raise ValueError("state= was given but no processor runs (params switches none on "
+                             "and processors= is empty); drop state= or pass processors=")
+        return None
+    if state is None:
+        state = chain.init(jnp.zeros((batch, 0), jnp.int32), jnp.zeros((batch,), jnp.int32),
+                           vocab, 0)
+    return state
+
+
+def _setup(logits, params, processors, state):
+    params = check_params(params)
+    z, _ = as_batch(logits)  # host-side shape and dtype checks
+    params.check_batch(z.shape[0])
+    chain = build_chain(params, processors)
+    state = init_state(chain, state, z.shape[0], z.shape[1])
+    return params, (None if chain is None else chain.apply), state
+
+
+# ----------------------------------------------------------------------------
+# Traced side
 
 
 def _unbatch(x: jax.Array, single: bool) -> jax.Array:
     return x[0] if single else x
+
+
+def prepare(logits, params, apply, state) -> tuple[Prepared, jax.Array, bool]:
+    """Stage 1 (processors) and stage 2 (cleaning, temperature).
+
+    Returns the prepared rows, the raw float32 logits `[B, V]`, and whether
+    the input was one row.
+    """
+    raw, single = as_batch(logits)
+    z = raw if apply is None else apply(state, raw)
+    return Prepared(z, *params.rows(z.shape[0])), raw, single
 
 
 _DENSE_OUTPUTS = {
@@ -62,27 +158,34 @@ _DENSE_OUTPUTS = {
 }
 
 
-@functools.partial(jax.jit, static_argnames=("output", "method", "window"))
-def _dense_output(logits, params, output, method, window):
+def dense_output(logits, params, apply, state, output, method, window):
     """`[B, V]` (or `[V]`) output of one kind from the per-row thresholds."""
-    r, single = _rows(logits, params)
+    r, _, single = prepare(logits, params, apply, state)
     return _unbatch(_DENSE_OUTPUTS[output](r, threshold(r, method, window)), single)
 
 
-def probs(logits: Any, params: SamplingParams | None = None, *, method: str = "auto",
-          window: int = 64) -> jax.Array:
+_dense_output = jax.jit(dense_output, static_argnames=("apply", "output", "method", "window"))
+
+
+def probs(logits: Any, params: SamplingParams | None = None, *, processors: Any = None,
+          state: Any = None, method: str = "auto", window: int = 64) -> jax.Array:
     """The exact distribution that `sample` draws from.
 
-    Order: temperature, then top-k, then top-p (on the distribution
-    renormalised after top-k), then min-p; then renormalise. Ties at a
-    boundary all survive; the most probable token always survives; `T = 0` is
-    a point mass on the argmax (lowest index among ties). A row with no finite
-    logit is a point mass on token 0. NaN logits count as -inf.
+    Order: logits processors (those `params` switches on, then `processors`),
+    temperature, top-k, top-p (on the distribution renormalised after top-k),
+    min-p; then renormalise. Ties at a boundary all survive; the most probable
+    token always survives; `T = 0` is a point mass on the argmax (lowest index
+    among ties). A row with no finite logit is a point mass on token 0. NaN
+    logits count as -inf.
 
     Args:
       logits: `[B, V]` or `[V]`, any float dtype (computed in float32).
       params: a `SamplingParams` (scalars or `[B]` per-row values); default
         `SamplingParams()` is plain softmax.
+      processors: extra logits processors (a `nucleax.processors.Processor` or
+        a list), run after the ones `params` builds.
+      state: the processors' state (from their `init`, advanced by `update`);
+        default: `init` with no history (empty prompt, no output).
       method: `"auto"`/`"fast"` (no full sort), `"bisect"`, or `"sort"` (the
         reference). All return the same distribution.
       window: static candidate count of the fast method.
@@ -97,24 +200,26 @@ def probs(logits: Any, params: SamplingParams | None = None, *, method: str = "a
       [0.622, 0.0, 0.0, 0.378, 0.0, 0.0]
     """
     check_method(method, window)
-    return _dense_output(logits, params, "probs", method, window)
+    params, apply, state = _setup(logits, params, processors, state)
+    return _dense_output(logits, params, apply, state, "probs", method, window)
 
 
-def keep_mask(logits: Any, params: SamplingParams | None = None, *, method: str = "auto",
-              window: int = 64) -> jax.Array:
-    """Boolean mask of the tokens that survive temperature/top-k/top-p/min-p.
+def keep_mask(logits: Any, params: SamplingParams | None = None, *, processors: Any = None,
+              state: Any = None, method: str = "auto", window: int = 64) -> jax.Array:
+    """Boolean mask of the tokens that survive the processors and the truncations.
 
     Same shape as `logits`. For greedy rows (`T = 0`) and rows with no finite
     logit it is one-hot at the token `sample` returns. Tokens at -inf (or NaN)
     never survive otherwise. See `probs` for the rules and arguments.
     """
     check_method(method, window)
-    return _dense_output(logits, params, "mask", method, window)
+    params, apply, state = _setup(logits, params, processors, state)
+    return _dense_output(logits, params, apply, state, "mask", method, window)
 
 
-@functools.partial(jax.jit, static_argnames=("return_logprobs", "top_n", "method", "window"))
-def _sample(key, logits, params, return_logprobs, top_n, method, window):
-    r, single = _rows(logits, params)
+def sample_impl(key, logits, params, apply, state, return_logprobs, top_n, method, window):
+    """The traced body of `sample` (no host checks): usable inside any jit."""
+    r, raw, single = prepare(logits, params, apply, state)
     batch, vocab = r.z.shape
     u = row_uniforms(key, batch)
     tau, window_vals = threshold_and_window(r, method, window)
@@ -122,9 +227,11 @@ def _sample(key, logits, params, return_logprobs, top_n, method, window):
     if not (return_logprobs or top_n):
         return _unbatch(tokens, single)
 
+    # Raw log-probabilities: log_softmax of the logits before any processor,
+    # as (z - max) - log(sum exp(z - max)) so that huge logits keep precision.
+    r_raw = r if apply is None else Prepared(raw, *SamplingParams().rows(batch))
+    log_norm = jnp.log(jnp.sum(jnp.exp(r_raw.z - r_raw.zmax[:, None]), axis=-1))
     log_total = jnp.log(jnp.where(r.greedy, 1.0, total))
-    zmax_raw = jnp.where(r.valid, jnp.max(r.z, axis=-1), 0.0)
-    lse = zmax_raw + jnp.log(jnp.sum(jnp.exp(r.z - zmax_raw[:, None]), axis=-1))
 
     def logps(ids):  # processed and raw log-probabilities of token ids [B, n]
         zi = jnp.take_along_axis(r.z, ids, axis=-1)
@@ -132,22 +239,48 @@ def _sample(key, logits, params, return_logprobs, top_n, method, window):
         proc = jnp.where(alive, (zi - r.zmax[:, None]) / r.t[:, None] - log_total[:, None],
                          -jnp.inf)
         proc = jnp.where(r.greedy[:, None], jnp.where(ids == tokens[:, None], 0.0, -jnp.inf), proc)
-        raw = jnp.where(r.valid[:, None], zi - lse[:, None], -jnp.inf)
-        return proc, raw
+        zr = jnp.take_along_axis(r_raw.z, ids, axis=-1)
+        raw_lp = jnp.where(r_raw.valid[:, None] & (zr > NEG_INF),
+                           (zr - r_raw.zmax[:, None]) - log_norm[:, None], -jnp.inf)
+        return proc, raw_lp
 
-    proc, raw = logps(tokens[:, None])
+    proc, raw_lp = logps(tokens[:, None])
     n = min(top_n, vocab)
     if n:
-        top_ids = lax.top_k(r.z, n)[1].astype(jnp.int32)
+        top_ids = lax.top_k(r_raw.z, n)[1].astype(jnp.int32)
     else:
         top_ids = jnp.zeros((batch, 0), jnp.int32)
     top_proc, top_raw = logps(top_ids)
-    out = SampleOutput(tokens, proc[:, 0], raw[:, 0], r.valid, top_ids, top_proc, top_raw)
+    out = SampleOutput(tokens, proc[:, 0], raw_lp[:, 0], r.valid, top_ids, top_proc, top_raw)
     return jax.tree.map(lambda x: _unbatch(x, single), out)
 
 
+_sample = jax.jit(sample_impl, static_argnames=("apply", "return_logprobs", "top_n", "method",
+                                                 "window"))
+
+
+@overload
 def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
-           return_logprobs: bool = False, top_n: int = 0, method: str = "auto",
+           processors: Any = None, state: Any = None, return_logprobs: Literal[False] = False,
+           top_n: Literal[0] = 0, method: str = "auto", window: int = 64) -> jax.Array: ...
+
+
+@overload
+def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
+           processors: Any = None, state: Any = None, return_logprobs: Literal[True],
+           top_n: int = 0, method: str = "auto", window: int = 64) -> SampleOutput: ...
+
+
+@overload
+def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
+           processors: Any = None, state: Any = None, return_logprobs: bool = False,
+           top_n: int = 0, method: str = "auto",
+           window: int = 64) -> jax.Array | SampleOutput: ...
+
+
+def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
+           processors: Any = None, state: Any = None, return_logprobs: bool = False,
+           top_n: int = 0, method: str = "auto",
            window: int = 64) -> jax.Array | SampleOutput:
     """Draws one token per row from `probs(logits, params)`.
 
@@ -158,6 +291,9 @@ def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
         raw (`jax.random.PRNGKey`) keys.
       logits: `[B, V]` or `[V]`, any float dtype.
       params: `SamplingParams`; scalars apply to every row, `[B]` arrays per row.
+      processors, state: extra logits processors and the processors' state;
+        see `probs`. Advance the state yourself with `chain.update(state,
+        tokens)`, or let `nucleax.decode.generate` run the loop.
       return_logprobs: also return log-probabilities (a `SampleOutput`).
       top_n: also return the `top_n` most likely alternatives (a `SampleOutput`).
       method, window: see `probs`; every method returns the same token for the
@@ -181,4 +317,6 @@ def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
     check_method(method, window)
     if not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 0:
         raise ValueError(f"top_n must be an int >= 0, got {top_n!r}")
-    return _sample(key, logits, params, bool(return_logprobs), top_n, method, window)
+    params, apply, state = _setup(logits, params, processors, state)
+    return _sample(key, logits, params, apply, state, bool(return_logprobs), top_n, method,
+                   window)

@@ -11,15 +11,15 @@ to queries at positions `>= p` (see `nucleax.models.llama`). A Flax NNX module
 is split into graph and state so the weights are traced arguments, not
 constants; any other callable is closed over.
 
-Logits processors that carry state through the loop (penalties need per-row
-token counts) follow::
-
-    proc.init(prompts [B, T] int32, lengths [B] int32, vocab: int) -> state
-    proc(state, logits [B, V]) -> logits              # before sampling
-    proc.update(state, tokens [B] int32) -> state     # after each token
-
-They must be hashable (they are static under jit); per-row values live in
-their state. They run in order, before temperature (see the contract).
+One step of the loop, for every row: the model's logits for the next
+position; the logits processors (`nucleax.processors`: the chain that
+`params` switches on, then `processors=`), whose state was built by `init`
+from the prompts before the loop; temperature, truncation and the draw
+(`nucleax.sample`); then `update` of the processors with the accepted token
+(rows that have stopped pass no token, so their counts stop too); then the
+stop checks: a stop id (the model's EOS ids unless `ignore_eos`, plus
+`stop_token_ids`) or a stop sequence (`stop`, matched on device against the
+end of the output once `min_tokens` tokens are out) ends the row.
 
 Randomness: request `b` has its own key; the token that will sit at absolute
 position `p` is drawn with `fold_in(key_b, p)`. Regenerating a request in
@@ -28,6 +28,7 @@ another batch (other rows, other order, other padding) gives the same tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
@@ -37,9 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from . import _validate as va
 from ._keys import row_keys
 from ._params import SamplingParams
-from ._sample import probs, sample
+from ._sample import build_chain, check_params, dense_output, sample_impl
+from .processors import suffix_matches
 
 __all__ = ["GenerateOutput", "generate", "stream"]
 
@@ -49,16 +52,20 @@ class GenerateOutput(NamedTuple):
 
     Attributes:
       tokens: int32 `[B, max_new_tokens]`, `pad_id` after a row stops.
-      lengths: int32 `[B]`, generated tokens per row (a stop token counts).
-      stopped: bool `[B]`, True where a stop id ended the row (else the
-        row hit `max_new_tokens`).
+      lengths: int32 `[B]`, generated tokens per row (a stop token or the
+        last token of a stop sequence counts).
+      stopped: bool `[B]`, True where a stop id or a stop sequence ended the
+        row (else the row hit `max_new_tokens`).
       logprobs: float32 `[B, max_new_tokens]` processed log-probabilities of
         the generated tokens (0 after a row stops), if requested, else None.
-      raw_logprobs: the same under the raw logits (`log_softmax`), or None.
+      raw_logprobs: the same under the raw logits, before any processor
+        (`log_softmax` of the model's logits), or None.
       survivors: int32 `[B, max_new_tokens]`, tokens alive in the distribution
         each token was drawn from (0 after a row stops), if `return_stats`.
       entropy: float32 `[B, max_new_tokens]`, that distribution's entropy in
         nats (0 after a row stops), if `return_stats`.
+      stop_sequence: int32 `[B]`, the index in the row's `params.stop` list of
+        the stop sequence that ended the row, -1 if none did.
     """
 
     tokens: jax.Array
@@ -68,52 +75,110 @@ class GenerateOutput(NamedTuple):
     raw_logprobs: jax.Array | None = None
     survivors: jax.Array | None = None
     entropy: jax.Array | None = None
+    stop_sequence: jax.Array | None = None
 
 
-def _prepare(model: Any, prompts: Sequence[Sequence[int]], key: Any, params: Any,
-             max_new_tokens: int, stop_ids: Any, bucket: int):
-    """Host-side validation and padding. Returns arrays and static sizes."""
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    if isinstance(prompts, np.ndarray | jax.Array):
-        prompts = [list(map(int, row)) for row in np.asarray(prompts)]
-    if not prompts:
-        raise ValueError("prompts must hold at least one prompt, got an empty list")
-    lengths = [len(p) for p in prompts]
-    empty = [i for i, n in enumerate(lengths) if n == 0]
-    if empty:
-        raise ValueError(f"prompts must not be empty; prompt(s) {empty} have no tokens")
+class _Requests(NamedTuple):
+    """Per-request values the loop reads (traced)."""
+
+    keys: jax.Array  # [B] keys
+    params: SamplingParams
+    stops: jax.Array  # [B, S] int32 stop ids, -1 padding
+    seqs: jax.Array  # [B, N, L] int32 stop sequences, right-aligned, -1 padding
+    min_tokens: jax.Array  # [B] int32
+
+
+class _Progress(NamedTuple):
+    """Per-request state the loop carries."""
+
+    done: jax.Array  # [B] bool
+    generated: jax.Array  # [B] int32, tokens accepted so far
+    procs: Any  # the processors' state
+    tail: jax.Array  # [B, L] int32, the last output tokens (for stop sequences)
+    stop_sequence: jax.Array  # [B] int32
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """What decides the compiled loop (hashable)."""
+
+    apply: Any  # the processors' apply, or None
+    update: Any  # the processors' update, or None
+    pad_id: int
+    stats: bool
+
+
+def _vocab_size(model: Any, graphdef: Any, state: Any) -> int:
     config = getattr(model, "config", None)
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is not None:
+        return int(vocab)
+
+    def probe():
+        m = _merge(graphdef, state)
+        return m(jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, 1), jnp.int32), m.init_cache(1, 1))
+
+    return int(jax.eval_shape(probe)[0].shape[-1])
+
+
+def _prepare(model: Any, prompts: Any, key: Any, params: Any, max_new_tokens: Any,
+             stop_ids: Any, pad_id: Any, bucket: Any, processors: Any):
+    """Host-side validation, padding and the processors' initial state."""
+    max_new = va.int_arg("max_new_tokens", max_new_tokens, minimum=1)
+    bucket = va.int_arg("bucket", bucket, minimum=1)
+    config = getattr(model, "config", None)
+    vocab = getattr(config, "vocab_size", None)
+    rows = va.prompts_arg(prompts, vocab)
+    eos = va.token_ids_arg("stop_ids", stop_ids, vocab)
+    pad = va.token_id_arg("pad_id", pad_id, vocab, sentinel=-1)
+    params = check_params(params)
+    batch = len(rows)
+    params.check_batch(batch)
+    lengths = [int(r.size) for r in rows]
     limit = getattr(config, "context_length", None)
     longest = max(lengths)
-    if limit is not None and longest + max_new_tokens > limit:
+    if limit is not None and longest + max_new > limit:
         raise ValueError(
-            f"prompt length {longest} + max_new_tokens {max_new_tokens} = "
-            f"{longest + max_new_tokens} exceeds the model's context of {limit} tokens; "
-            "shorten the prompt or ask for fewer tokens")
-    vocab = getattr(config, "vocab_size", None)
-    flat = [t for p in prompts for t in p]
-    if vocab is not None and (min(flat) < 0 or max(flat) >= vocab):
-        raise ValueError(f"prompt token ids must be in [0, {vocab}), got "
-                         f"min {min(flat)} and max {max(flat)}")
-    batch = len(prompts)
+            f"prompt length {longest} + max_new_tokens {max_new} = {longest + max_new} exceeds "
+            f"the model's context of {limit} tokens; shorten the prompt or ask for fewer tokens")
     width = -(-longest // bucket) * bucket  # pad to a bucket: fewer recompilations
     if limit is not None:
-        width = min(width, max(longest, limit - max_new_tokens))
+        width = min(width, max(longest, limit - max_new))
     tokens = np.zeros((batch, width), np.int32)
-    for i, p in enumerate(prompts):
-        tokens[i, : len(p)] = p
-    cache_len = width + max_new_tokens
-    if params is None:
-        params = SamplingParams()
-    if not isinstance(params, SamplingParams):
-        raise TypeError(f"params must be a nucleax.SamplingParams, got {type(params).__name__}")
-    params.rows(batch)  # checks per-row lengths against the batch
+    for i, r in enumerate(rows):
+        tokens[i, : r.size] = r
+    lengths = np.asarray(lengths, np.int32)
     keys = row_keys(key, batch, "one per prompt")
-    stops = np.full((batch, max(1, len(stop_ids or ()))), -1, np.int32)
-    if stop_ids:
-        stops[:] = np.asarray(list(stop_ids), np.int32)
-    return tokens, np.asarray(lengths, np.int32), keys, params, stops, cache_len
+    chain = build_chain(params, processors, eos_ids=eos.tolist())
+
+    stops = params.stop_ids_per_row(eos.tolist())
+    stops = np.broadcast_to(stops, (batch, stops.shape[-1])) if stops.ndim == 1 else stops
+    if stops.shape[-1] == 0:
+        stops = np.full((batch, 1), -1, np.int32)
+    seqs = np.asarray(params.stop)
+    if seqs.size == 0:
+        seqs = np.full((batch, 1, 1), -1, np.int32)
+    elif seqs.ndim == 2:
+        seqs = np.broadcast_to(seqs, (batch,) + seqs.shape)
+    if vocab is not None:
+        for name, ids in (("stop_token_ids", params.stop_token_ids), ("stop", params.stop)):
+            if np.asarray(ids).size and np.max(ids) >= vocab:
+                raise ValueError(f"params.{name} holds token id {int(np.max(ids))}, outside the "
+                                 f"vocabulary [0, {vocab}); check the tokenizer")
+    min_tokens = np.broadcast_to(np.asarray(params.min_tokens, np.int32), (batch,))
+    requests = _Requests(keys, params, jnp.asarray(stops, jnp.int32), jnp.asarray(seqs, jnp.int32),
+                         jnp.asarray(min_tokens))
+    graphdef, state = _split(model)
+    proc_state = None
+    if chain is not None:
+        proc_state = chain.init(jnp.asarray(tokens), jnp.asarray(lengths),
+                                _vocab_size(model, graphdef, state), max_new)
+    static = _Static(None if chain is None else chain.apply,
+                     None if chain is None else chain.update, pad, False)
+    progress = _Progress(jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.int32), proc_state,
+                         jnp.full((batch, seqs.shape[-1]), -1, jnp.int32),
+                         jnp.full((batch,), -1, jnp.int32))
+    return graphdef, state, tokens, lengths, requests, progress, static, width + max_new, max_new
 
 
 def _split(model: Any):
@@ -140,144 +205,145 @@ def _merge(graphdef, state):
     return graphdef.model if isinstance(graphdef, _Opaque) else nnx.merge(graphdef, state)
 
 
-def _pick(logits, positions, keys, params, processors, proc_states):
-    """Processors, then one sampled token per row for the given positions.
+def _next_token(logits, positions, req: _Requests, prog: _Progress, static: _Static):
+    """One sampled token per row for `positions`, then the processors and the stop checks.
 
-    Returns the sample, the processors' new states and the processed logits
-    (what the token was drawn from, for `return_stats`).
+    Returns the sample (`SampleOutput`), the new progress, and the row's
+    survivors and entropy when `static.stats`.
     """
     logits = logits.astype(jnp.float32)
-    for proc, st in zip(processors, proc_states, strict=True):
-        logits = proc(st, logits)
-    step_keys = jax.vmap(jax.random.fold_in)(keys, positions)
-    out = sample(step_keys, logits, params, return_logprobs=True)
-    proc_states = tuple(proc.update(st, out.tokens)
-                        for proc, st in zip(processors, proc_states, strict=True))
-    return out, proc_states, logits
+    step_keys = jax.vmap(jax.random.fold_in)(req.keys, positions)
+    out = sample_impl(step_keys, logits, req.params, static.apply, prog.procs, True, 0, "auto",
+                      64)
+    stats = None
+    if static.stats:
+        p = dense_output(logits, req.params, static.apply, prog.procs, "probs", "auto", 64)
+        ent = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+        stats = (jnp.sum(p > 0, axis=-1).astype(jnp.int32), ent)
+    live = ~prog.done
+    accepted = jnp.where(live, out.tokens, -1)
+    procs = prog.procs if static.update is None else static.update(prog.procs, accepted)
+    generated = prog.generated + live.astype(jnp.int32)
+    tail = prog.tail
+    if tail.shape[-1]:
+        tail = jnp.where(live[:, None],
+                         jnp.concatenate([tail[:, 1:], out.tokens[:, None]], axis=-1), tail)
+    hit_id = jnp.any(out.tokens[:, None] == req.stops, axis=-1)
+    seq_hits = suffix_matches(tail, req.seqs) & (generated >= req.min_tokens)[:, None]
+    hit_seq = jnp.any(seq_hits, axis=-1)
+    first_seq = jnp.argmax(seq_hits, axis=-1).astype(jnp.int32)
+    stop_sequence = jnp.where(live & hit_seq & ~hit_id, first_seq, prog.stop_sequence)
+    done = prog.done | (live & (hit_id | hit_seq))
+    return out, _Progress(done, generated, procs, tail, stop_sequence), stats
 
 
-def _stats(logits, params):
-    """Survivors and entropy of `probs(logits, params)` ([B] each)."""
-    p = probs(logits.astype(jnp.float32), params)
-    ent = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
-    return jnp.sum(p > 0, axis=-1).astype(jnp.int32), ent
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "processors"))
-def _prefill(graphdef, state, tokens, lengths, keys, params, stops, *, cache_len, processors):
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "static"))
+def _prefill(graphdef, state, tokens, lengths, req, prog, *, cache_len, static):
     model = _merge(graphdef, state)
     batch, width = tokens.shape
     cache = model.init_cache(batch, cache_len)
     positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (batch, width))
     logits, cache = model(tokens, positions, cache)
     last = logits[jnp.arange(batch), lengths - 1]
-    proc_states = tuple(p.init(tokens, lengths, last.shape[-1]) for p in processors)
-    out, proc_states, last = _pick(last, lengths, keys, params, processors, proc_states)
-    done = jnp.any(out.tokens[:, None] == stops, axis=-1)
-    return out, cache, done, proc_states, last
+    out, prog, stats = _next_token(last, lengths, req, prog, static)
+    return out, cache, prog, stats
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "processors"), donate_argnums=(3,))
-def _step(graphdef, state, tokens, cache, positions, keys, params, stops, done, proc_states, *,
-          processors):
+@functools.partial(jax.jit, static_argnames=("graphdef", "static"), donate_argnums=(3,))
+def _step(graphdef, state, tokens, cache, positions, req, prog, *, static):
     """Feeds `tokens` at `positions`; samples the tokens for `positions + 1`."""
     model = _merge(graphdef, state)
     logits, cache = model(tokens[:, None], positions[:, None], cache)
-    out, proc_states, drawn_from = _pick(logits[:, 0], positions + 1, keys, params, processors,
-                                         proc_states)
-    new_done = done | jnp.any(out.tokens[:, None] == stops, axis=-1)
-    return out, cache, new_done, proc_states, drawn_from
+    out, prog, stats = _next_token(logits[:, 0], positions + 1, req, prog, static)
+    return out, cache, prog, stats
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "cache_len", "processors",
-                                             "pad_id", "stats"))
-def _generate(graphdef, state, tokens, lengths, keys, params, stops, *, max_new, cache_len,
-              processors, pad_id, stats):
-    first, cache, done, proc_states, last = _prefill.__wrapped__(
-        graphdef, state, tokens, lengths, keys, params, stops, cache_len=cache_len,
-        processors=processors)
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "cache_len", "static"))
+def _generate(graphdef, state, tokens, lengths, req, prog, *, max_new, cache_len, static):
+    first, cache, prog, stats0 = _prefill.__wrapped__(graphdef, state, tokens, lengths, req, prog,
+                                                      cache_len=cache_len, static=static)
     batch = tokens.shape[0]
-    out_tokens = jnp.full((batch, max_new), pad_id, jnp.int32).at[:, 0].set(first.tokens)
+    pad = static.pad_id
+    out_tokens = jnp.full((batch, max_new), pad, jnp.int32).at[:, 0].set(first.tokens)
     out_lp = jnp.zeros((batch, max_new), jnp.float32).at[:, 0].set(first.logprobs)
     out_raw = jnp.zeros((batch, max_new), jnp.float32).at[:, 0].set(first.raw_logprobs)
-    gen_len = jnp.ones((batch,), jnp.int32)
-    n_alive = jnp.zeros((batch, max_new if stats else 0), jnp.int32)
-    ent = jnp.zeros((batch, max_new if stats else 0), jnp.float32)
-    if stats:
-        alive0, ent0 = _stats(last, params)
-        n_alive, ent = n_alive.at[:, 0].set(alive0), ent.at[:, 0].set(ent0)
+    n_stat = max_new if static.stats else 0
+    n_alive = jnp.zeros((batch, n_stat), jnp.int32)
+    ent = jnp.zeros((batch, n_stat), jnp.float32)
+    if static.stats:
+        n_alive, ent = n_alive.at[:, 0].set(stats0[0]), ent.at[:, 0].set(stats0[1])
 
     def cond(carry):
-        i, done = carry[0], carry[8]
-        return (i < max_new) & ~jnp.all(done)
+        i, prog = carry[0], carry[4]
+        return (i < max_new) & ~jnp.all(prog.done)
 
     def body(carry):
-        i, cur, pos, cache, toks, lp, raw, gen_len, done, proc_states, n_alive, ent = carry
-        out, cache, new_done, proc_states, logits = _step.__wrapped__(
-            graphdef, state, cur, cache, pos, keys, params, stops, done, proc_states,
-            processors=processors)
-        live = ~done
-        toks = toks.at[:, i].set(jnp.where(live, out.tokens, pad_id))
+        i, cur, pos, cache, prog, toks, lp, raw, n_alive, ent = carry
+        live = ~prog.done
+        out, cache, prog, stats = _step.__wrapped__(graphdef, state, cur, cache, pos, req, prog,
+                                                    static=static)
+        toks = toks.at[:, i].set(jnp.where(live, out.tokens, pad))
         lp = lp.at[:, i].set(jnp.where(live, out.logprobs, 0.0))
         raw = raw.at[:, i].set(jnp.where(live, out.raw_logprobs, 0.0))
-        gen_len = jnp.where(live, i + 1, gen_len)
-        if stats:
-            alive_i, ent_i = _stats(logits, params)
-            n_alive = n_alive.at[:, i].set(jnp.where(live, alive_i, 0))
-            ent = ent.at[:, i].set(jnp.where(live, ent_i, 0.0))
-        return (i + 1, out.tokens, pos + 1, cache, toks, lp, raw, gen_len, new_done, proc_states,
-                n_alive, ent)
+        if static.stats:
+            n_alive = n_alive.at[:, i].set(jnp.where(live, stats[0], 0))
+            ent = ent.at[:, i].set(jnp.where(live, stats[1], 0.0))
+        return i + 1, out.tokens, pos + 1, cache, prog, toks, lp, raw, n_alive, ent
 
-    carry = (jnp.int32(1), first.tokens, lengths, cache, out_tokens, out_lp, out_raw, gen_len,
-             done, proc_states, n_alive, ent)
-    _, _, _, _, toks, lp, raw, gen_len, done, _, n_alive, ent = jax.lax.while_loop(
-        cond, body, carry)
-    return toks, gen_len, done, lp, raw, n_alive, ent
+    carry = (jnp.int32(1), first.tokens, jnp.asarray(lengths), cache, prog, out_tokens, out_lp,
+             out_raw, n_alive, ent)
+    _, _, _, _, prog, toks, lp, raw, n_alive, ent = jax.lax.while_loop(cond, body, carry)
+    return toks, prog, lp, raw, n_alive, ent
 
 
-def generate(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None,
-             *, key: Any, max_new_tokens: int, stop_ids: Sequence[int] | None = None,
-             pad_id: int = 0, return_logprobs: bool = False, return_stats: bool = False,
-             processors: Sequence[Any] = (), bucket: int = 16) -> GenerateOutput:
+def generate(model: Any, prompts: Any, params: SamplingParams | None = None, *, key: Any,
+             max_new_tokens: int, stop_ids: Sequence[int] | None = None, pad_id: int = 0,
+             return_logprobs: bool = False, return_stats: bool = False,
+             processors: Any = None, bucket: int = 16) -> GenerateOutput:
     """Generates up to `max_new_tokens` tokens for every prompt, in one jitted call.
 
     Args:
       model: follows the model protocol (module docs), e.g. `nucleax.models.Llama`.
-      prompts: token id lists of any (non-zero) lengths, one per request.
-      params: `SamplingParams`, scalars or `[B]` per-request values. Changing
-        values never recompiles.
+      prompts: token-id lists of any (non-zero) lengths, one per request, or
+        a `[B, T]` integer array.
+      params: `SamplingParams`, scalars or `[B]` per-request values, including
+        the processors' fields (penalties, bias, bans, `min_tokens`) and the
+        stop fields (`stop`, `stop_token_ids`, `ignore_eos`). Changing values
+        never recompiles.
       key: one key (request `b` uses `fold_in(key, b)`) or `[B]` keys, one per
         request (use these for results independent of the batch).
       max_new_tokens: the most tokens generated per request.
-      stop_ids: token ids that end a request (e.g. `tokenizer.stop_ids`); the
-        stop token is part of the output.
-      pad_id: written after a request stops.
+      stop_ids: the model's end-of-sequence ids (e.g. `tokenizer.stop_ids`);
+        they end a request unless its `ignore_eos` is set. The stop token is
+        part of the output.
+      pad_id: written after a request stops: a token id, or -1.
       return_logprobs: fill `logprobs` and `raw_logprobs`.
       return_stats: fill `survivors` and `entropy` (costs one `probs` per step).
-      processors: stateful logits processors (module docs).
+      processors: extra logits processors (a `nucleax.processors.Processor` or
+        a list), run after those `params` switches on; their `init` sees the
+        prompts, their `update` each accepted token.
       bucket: prompts are padded to a multiple of this (fewer compilations).
 
     Returns:
       a `GenerateOutput`.
     """
-    tokens, lengths, keys, params, stops, cache_len = _prepare(
-        model, prompts, key, params, max_new_tokens, stop_ids, bucket)
-    graphdef, state = _split(model)
-    toks, gen_len, done, lp, raw, n_alive, ent = _generate(
-        graphdef, state, tokens, lengths, keys, params, stops, max_new=max_new_tokens,
-        cache_len=cache_len, processors=tuple(processors), pad_id=int(pad_id),
-        stats=bool(return_stats))
+    graphdef, state, tokens, lengths, req, prog, static, cache_len, max_new = _prepare(
+        model, prompts, key, params, max_new_tokens, stop_ids, pad_id, bucket, processors)
+    static = dataclasses.replace(static, stats=bool(return_stats))
+    toks, prog, lp, raw, n_alive, ent = _generate(
+        graphdef, state, tokens, lengths, req, prog, max_new=max_new, cache_len=cache_len,
+        static=static)
     if not return_logprobs:
         lp = raw = None
     if not return_stats:
         n_alive = ent = None
-    return GenerateOutput(toks, gen_len, done, lp, raw, n_alive, ent)
+    return GenerateOutput(toks, prog.generated, prog.done, lp, raw, n_alive, ent,
+                          prog.stop_sequence)
 
 
-def stream(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None,
-           *, key: Any, max_new_tokens: int, stop_ids: Sequence[int] | None = None,
-           pad_id: int = 0, processors: Sequence[Any] = (),
-           bucket: int = 16) -> Iterator[tuple[jax.Array, jax.Array]]:
+def stream(model: Any, prompts: Any, params: SamplingParams | None = None, *, key: Any,
+           max_new_tokens: int, stop_ids: Sequence[int] | None = None, pad_id: int = 0,
+           processors: Any = None, bucket: int = 16) -> Iterator[tuple[jax.Array, jax.Array]]:
     """Like `generate`, yielding `(tokens [B], live [B])` after every step.
 
     `live[b]` is False once request `b` has stopped (its token is then
@@ -285,20 +351,17 @@ def stream(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams 
     arguments: the same prefill and step functions run, one jitted call per
     step instead of one loop.
     """
-    tokens, lengths, keys, params, stops, cache_len = _prepare(
-        model, prompts, key, params, max_new_tokens, stop_ids, bucket)
-    graphdef, state = _split(model)
-    processors = tuple(processors)
-    out, cache, done, proc_states, _ = _prefill(graphdef, state, tokens, lengths, keys, params,
-                                                stops, cache_len=cache_len, processors=processors)
-    yield out.tokens, jnp.ones_like(done)
+    graphdef, state, tokens, lengths, req, prog, static, cache_len, max_new = _prepare(
+        model, prompts, key, params, max_new_tokens, stop_ids, pad_id, bucket, processors)
+    out, cache, prog, _ = _prefill(graphdef, state, tokens, lengths, req, prog,
+                                   cache_len=cache_len, static=static)
+    yield out.tokens, jnp.ones_like(prog.done)
     positions = jnp.asarray(lengths)
-    for _ in range(max_new_tokens - 1):
-        if bool(jnp.all(done)):
+    for _ in range(max_new - 1):
+        if bool(jnp.all(prog.done)):
             return
-        live = ~done
-        out, cache, done, proc_states, _ = _step(graphdef, state, out.tokens, cache, positions,
-                                                 keys, params, stops, done, proc_states,
-                                                 processors=processors)
+        live = ~prog.done
+        out, cache, prog, _ = _step(graphdef, state, out.tokens, cache, positions, req, prog,
+                                    static=static)
         positions = positions + 1
-        yield jnp.where(live, out.tokens, pad_id), live
+        yield jnp.where(live, out.tokens, static.pad_id), live
