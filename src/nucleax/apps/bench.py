@@ -1,8 +1,9 @@
 """Sampling benchmark: nucleax against baselines measured in the same run.
 
 Run as `nucleax bench sampling [options]` or `python benchmarks/sampling.py`.
-Prints a table of median step times (compile time reported separately) and
-writes JSON. Baselines: the one-pass floor (`jnp.max` over the vocabulary),
+Prints a table of median step times (compile time reported separately) and,
+with `--json FILE`, writes the records there. Baselines: the one-pass floor
+(`jnp.max` over the vocabulary),
 `jax.random.categorical` on tempered logits, a `jnp.sort` nucleus sampler and,
 when transformers 4.x is installed, HF's Flax warper chain + categorical.
 """
@@ -15,8 +16,10 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -150,25 +153,42 @@ def machine() -> dict:
             "device": getattr(dev, "device_kind", str(dev))}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="nucleax bench sampling", description=__doc__)
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
-    ap.add_argument("--vocab", type=int, nargs="+", default=[32000, 151936])
+def add_arguments(ap: argparse.ArgumentParser, *, positive: Callable[[str, int], Any],
+                  json_file: Callable[[str], str]) -> None:
+    """The options of `nucleax bench sampling` (the command line builds the parser)."""
+    ap.add_argument("--batch", type=positive("--batch", 8), nargs="+", default=[1, 8, 64],
+                    help="batch sizes B")
+    ap.add_argument("--vocab", type=positive("--vocab", 32000), nargs="+",
+                    default=[32000, 151936], help="vocabulary sizes V")
     ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"],
-                    choices=["float32", "bfloat16"])
-    ap.add_argument("--mix", nargs="+", default=[*MIXES, MIXED], choices=[*MIXES, MIXED])
+                    choices=["float32", "bfloat16"], help="logits dtypes")
+    ap.add_argument("--mix", nargs="+", default=[*MIXES, MIXED], choices=[*MIXES, MIXED],
+                    help="parameter mixes (`mixed`: every row a different one)")
     ap.add_argument("--full", action="store_true",
                     help="the whole grid: B 1 8 64 256, V 32000 49152 128256 151936 262144")
     ap.add_argument("--baselines", nargs="*", default=["floor", "categorical", "sort", "hf"],
-                    choices=["floor", "categorical", "sort", "hf"])
-    ap.add_argument("--method", default="auto", choices=["auto", "fast", "bisect", "sort"])
-    ap.add_argument("--reps", type=int, default=15)
+                    choices=["floor", "categorical", "sort", "hf"], help="baselines to time")
+    ap.add_argument("--method", default="auto", choices=["auto", "fast", "bisect", "sort"],
+                    help="nucleax's threshold method")
+    ap.add_argument("--reps", type=positive("--reps", 15), default=15,
+                    help="timed calls per measurement, at most")
     ap.add_argument("--budget", type=float, default=2.0, help="seconds per measurement, at most")
     ap.add_argument("--slow-limit", type=float, default=3e6,
                     help="skip the sort and HF baselines above this many B*V elements "
                          "(unless --full)")
-    ap.add_argument("--json", default="benchmarks/out/sampling.json")
-    args = ap.parse_args(argv)
+    ap.add_argument("--json", type=json_file, default=None, metavar="FILE.json",
+                    help="also write the records to this file (default: print only)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`nucleax bench sampling ARGV...` (for `python benchmarks/sampling.py`)."""
+    from ..cli import main as cli_main
+
+    return cli_main(["bench", "sampling", *(sys.argv[1:] if argv is None else argv)])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the sampling benchmark with parsed options; prints a table as it goes."""
     if args.full:
         args.batch, args.vocab = [1, 8, 64, 256], [32000, 49152, 128256, 151936, 262144]
         args.slow_limit = float("inf")

@@ -1,6 +1,8 @@
 """Decode benchmark: tokens/s of `nucleax.decode.generate` on a GGUF model.
 
 Run as `nucleax bench decode [--batch 1 8] [--new-tokens 64] [--dtype float32 bfloat16]`.
+It samples with the one default setting (the `default` preset, T=1 top-p 0.9)
+unless `--temperature/--top-k/--top-p/--min-p` say otherwise.
 Compile time is excluded (one warm-up call per shape). Besides tokens/s it
 reports the share of a decode step spent in sampling (the model step and the
 sampler timed apart, both jitted), and the memory floor of one step: the time
@@ -12,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +26,9 @@ from flax import nnx
 import nucleax as nx
 
 from ..decode import generate
+from . import presets
 from .bench import machine, write_json
+from .explain import label
 
 PROMPT = "Once upon a time, in a faraway land, there was a magical forest where"
 
@@ -36,12 +43,13 @@ def _median_s(fn, reps):
     return statistics.median(times)
 
 
-def run(batch: int, new_tokens: int, dtype: str, reps: int, path=None) -> dict:
+def measure(batch: int, new_tokens: int, dtype: str, reps: int, params: nx.SamplingParams,
+            path: str | None = None) -> dict:
+    """One row of the benchmark: tokens/s, step times, sampling share, weight floor."""
     from ..models import load_gguf
 
     model, tok = load_gguf(path, dtype=jnp.dtype(dtype))
     prompts = [tok.encode(PROMPT)] * batch
-    params = nx.SamplingParams(temperature=0.7, top_k=50, top_p=0.9)
     keys = jax.random.split(jax.random.key(0), batch)
     gen_s = _median_s(lambda: generate(model, prompts, params, key=keys,
                                        max_new_tokens=new_tokens).tokens, reps)
@@ -71,26 +79,62 @@ def run(batch: int, new_tokens: int, dtype: str, reps: int, path=None) -> dict:
             "batch1_bound_tokens_per_s": 1.0 / floor_s}
 
 
+def add_arguments(ap: argparse.ArgumentParser, *, positive: Callable[[str, int], Any],
+                  json_file: Callable[[str], str], model: Callable[[str], str],
+                  knobs: dict[str, Callable[[str], Any]]) -> None:
+    """The options of `nucleax bench decode` (the command line builds the parser)."""
+    default = presets.get(presets.DEFAULT).scalars()
+    ap.add_argument("--batch", type=positive("--batch", 8), nargs="+", default=[1, 8],
+                    help="batch sizes")
+    ap.add_argument("--new-tokens", type=_at_least_two(positive), default=64,
+                    help="tokens generated per row (at least 2)")
+    ap.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                    help="parameter dtypes")
+    ap.add_argument("--reps", type=positive("--reps", 3), default=3, help="timed runs (median)")
+    ap.add_argument("--model", type=model, default=None,
+                    help="a .gguf model file (default: the bundled SmolLM2-135M-Instruct)")
+    for name, parse in knobs.items():
+        ap.add_argument("--" + name.replace("_", "-"), type=parse, default=default[name],
+                        help=f"sampling {name} (the `{presets.DEFAULT}` preset's value)")
+    ap.add_argument("--json", type=json_file, default=None, metavar="FILE.json",
+                    help="also write the records to this file (default: print only)")
+
+
+def _at_least_two(positive: Callable[[str, int], Any]) -> Callable[[str], int]:
+    check = positive("--new-tokens", 64)
+
+    def parse(text: str) -> int:
+        value = check(text)
+        if value < 2:
+            raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}; "
+                                             "fix: e.g. --new-tokens 64")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="nucleax bench decode", description=__doc__)
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--model", default=None, help="a .gguf path (default: bundled SmolLM2)")
-    ap.add_argument("--json", default="benchmarks/out/decode.json")
-    args = ap.parse_args(argv)
+    """`nucleax bench decode ARGV...`."""
+    from ..cli import main as cli_main
+
+    return cli_main(["bench", "decode", *(sys.argv[1:] if argv is None else argv)])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the decode benchmark with parsed options; prints a table as it goes."""
+    params = nx.SamplingParams(**{n: getattr(args, n) for n in
+                                  ("temperature", "top_k", "top_p", "min_p")})
     info = machine()
     print(f"# nucleax decode benchmark, {info['date']}, {info['cpu']} ({info['cores']} cores), "
           f"jax {info['jax']} on {info['backend']}")
-    print(f"# T=0.7 top-k 50 top-p 0.9, {args.new_tokens} new tokens, compile excluded")
+    print(f"# sampling: {label(params)}, {args.new_tokens} new tokens, compile excluded")
     cols = ["B", "dtype", "tok/s", "step_ms", "prefill_ms", "model_ms", "sample_ms",
             "sampling%", "weights_MB", "read_ms", "B1_bound"]
     print(" ".join(f"{c:>10}" for c in cols))
     records = []
     for dtype in args.dtype:
         for batch in args.batch:
-            r = run(batch, args.new_tokens, dtype, args.reps, args.model)
+            r = measure(batch, args.new_tokens, dtype, args.reps, params, args.model)
             records.append(r)
             vals = [batch, dtype, f"{r['tokens_per_s']:.1f}", f"{r['decode_step_ms']:.1f}",
                     f"{r['prefill_ms']:.1f}", f"{r['model_step_ms']:.1f}",

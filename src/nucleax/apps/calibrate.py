@@ -15,11 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .._extras import require
+
 __all__ = ["CalibrationResult", "calibrate_temperature", "expected_calibration_error",
-           "reliability"]
+           "plot_reliability", "reliability"]
 
 
 class CalibrationResult(NamedTuple):
+    """The fitted temperature, and NLL (nats per token) and ECE before and after it."""
+
     temperature: float
     nll_before: float
     nll_after: float
@@ -106,10 +110,9 @@ def calibrate_temperature(logits: Any, targets: Any, *, steps: int = 300,
 
 def plot_reliability(logits: Any, targets: Any, temperature: float, path: str) -> None:
     """Reliability diagram before (T=1) and after calibration."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "the reliability diagram")
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "the reliability diagram")
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")

@@ -87,7 +87,8 @@ def check(params: SamplingParams, logits: Any = None, *, warn: bool = True) -> l
         raise TypeError(f"params must be a nucleax.SamplingParams, got {type(params).__name__}")
     batch = params.batch_size or (1 if logits is None or np.ndim(logits) == 1
                                   else int(np.shape(logits)[0]))
-    cols = [np.asarray(c) for c in params.rows(batch)]
+    cols = [np.broadcast_to(np.asarray(getattr(params, name)), (batch,))
+            for name in ("temperature", "top_k", "top_p", "min_p")]
     survivors = None
     if logits is not None:
         from .._sample import keep_mask

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import sys
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,22 +22,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._extras import require
 from .._params import SamplingParams
 from ..decode import generate
+from ._kit import Progress, prompt_ids, rounded
 from .explain import label
 
-__all__ = ["SettingReport", "distinct_n", "pairwise_overlap", "repetition", "run_sweep"]
+__all__ = ["COLUMNS", "SettingReport", "distinct_n", "pairwise_overlap", "repetition",
+           "run_sweep", "settings_from", "table", "write_outputs"]
 
 
 def _ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
     return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
-
-
-def show_progress(done: int, total: int, unit: str) -> None:
-    """A one-line progress bar on stderr; the line ends when `done == total`."""
-    bar = "#" * (30 * done // total)
-    print(f"\r[{bar:<30}] {done}/{total} {unit}", end="\n" if done == total else "",
-          file=sys.stderr, flush=True)
 
 
 def distinct_n(samples: Sequence[Sequence[int]], n: int) -> float:
@@ -68,13 +63,13 @@ class SettingReport:
     params: dict[str, float]
     distinct_1: float
     distinct_2: float
-    pairwise_overlap: float
+    overlap: float  # mean pairwise bigram Jaccard overlap between samples
     repetition: float
-    coherence: float  # mean per-token log-probability under the raw model (T=1)
+    logprob: float  # mean per-token log-probability under the raw model (T=1), nats
     survivors: float  # mean tokens alive per step
     entropy: float  # mean entropy (nats) of the sampled distribution per step
-    mean_length: float
-    stopped: float  # share of samples that ended on a stop token
+    length: float  # mean tokens per sample
+    stopped: float  # share of samples that ended on a stop id or a stop sequence
     texts: list[list[str]]  # [prompt][sample]
 
 
@@ -101,12 +96,12 @@ def run_sweep(model: Any, tokenizer: Any, prompts: Sequence[str],
         raise ValueError("need at least one prompt, one setting, samples >= 1 and "
                          f"max_new_tokens >= 1; got {len(prompts)} prompts, {len(settings)} "
                          f"settings, samples={samples}, max_new_tokens={max_new_tokens}")
-    encoded = [tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": p}])
-                                if chat else p) for p in prompts]
+    encoded = [prompt_ids(tokenizer, p, chat=chat) for p in prompts]
     rows = [(pi, si, k) for si in range(len(settings)) for pi in range(len(prompts))
             for k in range(samples)]
     values = [p.scalars() for _, p in settings]
     results = {}
+    bar = Progress(len(rows), "samples", "sweep", enabled=progress)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         params = SamplingParams.stack([settings[si][1] for _, si, _ in chunk])
@@ -119,8 +114,8 @@ def run_sweep(model: Any, tokenizer: Any, prompts: Sequence[str],
             n = int(out.lengths[j])
             results[row] = (out.tokens[j, :n].tolist(), out.raw_logprobs[j, :n],
                             out.survivors[j, :n], out.entropy[j, :n], bool(out.stopped[j]))
-        if progress:
-            show_progress(min(start + batch_size, len(rows)), len(rows), "samples")
+        bar.update(len(chunk))
+    bar.close()
     reports = []
     for si, (name, _) in enumerate(settings):
         mine = [results[(pi, si, k)] for pi in range(len(prompts)) for k in range(samples)]
@@ -131,50 +126,54 @@ def run_sweep(model: Any, tokenizer: Any, prompts: Sequence[str],
                            for pi in range(len(prompts))])
         reports.append(SettingReport(
             label=name, params=values[si], distinct_1=distinct_n(toks, 1),
-            distinct_2=distinct_n(toks, 2), pairwise_overlap=float(overlap),
+            distinct_2=distinct_n(toks, 2), overlap=float(overlap),
             repetition=float(np.mean([repetition(t) for t in toks])),
-            coherence=float(np.mean(np.concatenate([m[1] for m in mine]))),
+            logprob=float(np.mean(np.concatenate([m[1] for m in mine]))),
             survivors=float(np.mean(np.concatenate([m[2] for m in mine]))),
             entropy=float(np.mean(np.concatenate([m[3] for m in mine]))),
-            mean_length=float(np.mean([len(t) for t in toks])),
+            length=float(np.mean([len(t) for t in toks])),
             stopped=float(np.mean([m[4] for m in mine])), texts=per_prompt))
     return reports
 
 
-COLUMNS = [("setting", "label", "{}"), ("distinct-1", "distinct_1", "{:.3f}"),
-           ("distinct-2", "distinct_2", "{:.3f}"), ("overlap", "pairwise_overlap", "{:.3f}"),
-           ("repetition", "repetition", "{:.3f}"), ("logprob", "coherence", "{:.3f}"),
-           ("survivors", "survivors", "{:.1f}"), ("entropy", "entropy", "{:.3f}"),
-           ("length", "mean_length", "{:.1f}"), ("stopped", "stopped", "{:.2f}")]
+# column (the same name on screen and in results.json) -> format on screen
+COLUMNS = {"distinct_1": "{:.3f}", "distinct_2": "{:.3f}", "overlap": "{:.3f}",
+           "repetition": "{:.3f}", "logprob": "{:.3f}", "survivors": "{:.1f}",
+           "entropy": "{:.3f}", "length": "{:.1f}", "stopped": "{:.2f}"}
+COLUMN_DOCS = ("distinct_1, distinct_2: distinct n-grams over all n-grams, pooled across "
+               "samples; overlap: mean pairwise bigram Jaccard between samples; repetition: "
+               "share of repeated trigrams inside a sample; logprob: mean per-token "
+               "log-probability (nats) under the raw model (T=1), a coherence proxy; survivors "
+               "and entropy (nats): of the distribution each token was drawn from, per step; "
+               "length: tokens per sample; stopped: share of samples that ended on a stop id "
+               "or stop sequence.")
 
 
 def table(reports: Sequence[SettingReport]) -> str:
+    """The measurements as a text table, one row per setting."""
     width = max(12, *(len(r.label) + 2 for r in reports))
-    lines = [f"{'setting':<{width}}" + "".join(f"{c:>11}" for c, _, _ in COLUMNS[1:])]
+    lines = [f"{'setting':<{width}}" + "".join(f"{c:>11}" for c in COLUMNS)]
     for r in reports:
-        cells = "".join(f"{fmt.format(getattr(r, attr)):>11}" for _, attr, fmt in COLUMNS[1:])
+        cells = "".join(f"{fmt.format(getattr(r, c)):>11}" for c, fmt in COLUMNS.items())
         lines.append(f"{r.label:<{width}}" + cells)
     return "\n".join(lines)
 
 
 def write_outputs(reports: Sequence[SettingReport], prompts: Sequence[str], out: str | Path,
-                  meta: dict[str, Any]) -> None:
-    """report.md (samples side by side), results.json and chart.png under `out`."""
-    import matplotlib
+                  meta: dict[str, Any], *, chart: bool = True) -> list[Path]:
+    """report.md (samples side by side), results.json and chart.png under `out`.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    results.json holds `meta`, the prompts, and per setting its label, its
+    parameters and the columns of `table` (floats to 6 significant digits).
+    Returns the paths written.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(
-        {"meta": meta, "prompts": list(prompts),
-         "settings": [dataclasses.asdict(r) for r in reports]}, indent=1, ensure_ascii=False))
-    md = ["# nucleax sweep", "", "```", table(reports), "```", "",
-          "Columns: distinct-n over all samples; overlap = mean pairwise bigram Jaccard; "
-          "repetition = repeated trigrams inside a sample; logprob = mean per-token "
-          "log-probability under the raw model (T=1), a coherence proxy; survivors and entropy "
-          "(nats) of the distribution each token was drawn from.", ""]
+    doc = {"meta": meta, "prompts": list(prompts), "columns": COLUMN_DOCS,
+           "settings": [dataclasses.asdict(r) for r in reports]}
+    (out / "results.json").write_text(json.dumps(rounded(doc), indent=1, ensure_ascii=False),
+                                      encoding="utf-8")
+    md = ["# nucleax sweep", "", "```", table(reports), "```", "", "Columns: " + COLUMN_DOCS, ""]
     for pi, prompt in enumerate(prompts):
         md += [f"## Prompt: {prompt}", "", "| sample | " + " | ".join(r.label for r in reports)
                + " |", "|---" * (len(reports) + 1) + "|"]
@@ -183,10 +182,16 @@ def write_outputs(reports: Sequence[SettingReport], prompts: Sequence[str], out:
             md.append(f"| {k} | " + " | ".join(cells) + " |")
         md.append("")
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
+    written = [out / "report.md", out / "results.json"]
+    if not chart:
+        return written
+    matplotlib = require("matplotlib", "the sweep chart")
+    matplotlib.use("Agg")
+    plt = require("matplotlib.pyplot", "the sweep chart")
     fig, ax = plt.subplots(figsize=(7, 5))
     for r in reports:
-        ax.scatter(r.coherence, r.distinct_2)
-        ax.annotate(r.label, (r.coherence, r.distinct_2), textcoords="offset points",
+        ax.scatter(r.logprob, r.distinct_2)
+        ax.annotate(r.label, (r.logprob, r.distinct_2), textcoords="offset points",
                     xytext=(5, 4), fontsize=9)
     ax.set_xlabel("coherence proxy: mean log-probability per token under the model (T=1)")
     ax.set_ylabel("diversity: distinct-2 across samples")
@@ -194,9 +199,10 @@ def write_outputs(reports: Sequence[SettingReport], prompts: Sequence[str], out:
     fig.tight_layout()
     fig.savefig(out / "chart.png", dpi=110)
     plt.close(fig)
+    return [*written, out / "chart.png"]
 
 
-def settings_from(grid: dict[str, Sequence[float]] | None,
+def settings_from(grid: dict[str, Sequence[Any]] | None,
                   presets: Sequence[str] | None) -> list[tuple[str, SamplingParams]]:
     """Settings from a grid of values (every combination) and/or preset names."""
     from . import presets as preset_lib

