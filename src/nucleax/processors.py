@@ -173,7 +173,7 @@ def pack_sequences(name: str, value: Any) -> np.ndarray:
     if depth == 0:
         raise TypeError(f"{name} must be a list of sequences (e.g. [[12, 7], [99]]); "
                         f"wrap a single sequence in a list: [{list(items)!r}]")
-    if depth == 1:  # one list of sequences for every row
+    if depth == 1 and not any(x is None for x in items):  # one list for every row
         seqs = [_int_list(f"{name}[{i}]", s) for i, s in enumerate(items)]
         for i, s in enumerate(seqs):
             if not s:
