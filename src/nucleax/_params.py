@@ -33,7 +33,7 @@ def _given(name: str, value: Any, integer: bool) -> np.ndarray:
     keep their dtype (float64, float32, float16, bfloat16).
     """
     if isinstance(value, bool | np.bool_):
-        raise TypeError(f"{name} must be a number, got the bool {value!r}")
+        raise TypeError(f"{name} must be a number, got the bool {bool(value)!r}")
     try:
         arr = np.asarray(value)
     except (TypeError, ValueError, OverflowError):
@@ -378,19 +378,25 @@ class SamplingParams:
         """The processor fields that run (not off in every row when the values were set)."""
         return self._on
 
-    def processors(self, eos_ids: Any = ()) -> Any:
-        """The default chain of logits processors for these values, or None if all are off.
+    def processors(self, eos_ids: Any = (), *, extra: Any = None) -> Any:
+        """The chain of logits processors these values switch on, then `extra`; None if empty.
 
         Order (vLLM's): allowed_token_ids, bad_words, min_tokens, logit_bias,
-        repetition_penalty, frequency/presence penalties, no_repeat_ngram_size.
+        repetition_penalty, frequency/presence penalties, no_repeat_ngram_size;
+        then the `extra` processors. This is the chain `sample`, `probs`,
+        `keep_mask` and `generate` run for `params=self, processors=extra`, so
+        its `init` gives the `state=` they take. As in HF transformers, a
+        built-in processor both switched on here and given in `extra` is an
+        error (it would run twice).
 
         Args:
           eos_ids: the model's end-of-sequence ids (e.g. `tokenizer.stop_ids`):
             `min_tokens` bans them, with `stop_token_ids`, until enough tokens
             are out (rows with `ignore_eos` keep only `stop_token_ids`).
+          extra: a `nucleax.processors.Processor` or a list of them.
 
         Returns:
-          a `nucleax.processors.Processor`, or None when every processor is off.
+          a `nucleax.processors.Processor`, or None when nothing runs.
         """
         from . import processors as pr
 
@@ -412,6 +418,17 @@ class SamplingParams:
             parts.append(pr.output_penalties(self.frequency_penalty, self.presence_penalty))
         if "no_repeat_ngram_size" in on:
             parts.append(pr.no_repeat_ngram(self.no_repeat_ngram_size))
+        if extra is not None:
+            extras = pr.as_list(extra)
+            for proc in extras:
+                twice = on & set(pr.builtin_fields(proc))
+                if twice:
+                    raise ValueError(
+                        f"processors= repeats {sorted(twice)}, which params already switches "
+                        "on: it would run twice. processors= runs after the chain params "
+                        "builds; pass only your extra processors, or set the field off in "
+                        "params to place it yourself")
+            parts.extend(extras)
         return pr.chain(*parts) if parts else None
 
     def stop_ids_per_row(self, eos_ids: Any = ()) -> np.ndarray:

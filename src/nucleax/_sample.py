@@ -9,14 +9,12 @@ one key per row (`_keys`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import processors as pr
 from ._draw import dense_probs, draw
 from ._draw import keep_mask as _keep_mask
 from ._keys import row_uniforms
@@ -55,25 +53,6 @@ class SampleOutput(NamedTuple):
 # ----------------------------------------------------------------------------
 # Host side: arguments and the processor chain
 
-# Built-in processors and the SamplingParams fields that build them: a chain
-# passed with `processors=` must not repeat one that `params` switches on.
-_BUILTIN_FIELDS = {
-    pr._allowed_apply: ("allowed_token_ids",),
-    pr._bad_words_apply: ("bad_words",),
-    pr._min_tokens_apply: ("min_tokens",),
-    pr._bias_apply: ("logit_bias",),
-    pr._repetition_apply: ("repetition_penalty",),
-    pr._output_apply: ("frequency_penalty", "presence_penalty"),
-    pr._ngram_apply: ("no_repeat_ngram_size",),
-}
-
-
-def _applies(apply: Any) -> list[Any]:
-    if isinstance(apply, pr._ChainApply):
-        return [f for g in apply.fns for f in _applies(g)]
-    return [apply]
-
-
 def check_params(params: Any) -> SamplingParams:
     if params is None:
         return SamplingParams()
@@ -85,30 +64,8 @@ def check_params(params: Any) -> SamplingParams:
 
 
 def build_chain(params: SamplingParams, processors: Any, eos_ids: Any = ()) -> Any:
-    """The processors to run: those `params` switches on, then `processors` (or None).
-
-    As in HF transformers, extra processors run after the named ones, and a
-    built-in processor given both ways is an error (it would run twice).
-    """
-    named = params.processors(eos_ids)
-    if processors is None or (isinstance(processors, Sequence) and not processors):
-        return named
-    if isinstance(processors, pr.Processor):
-        extra = processors
-    elif isinstance(processors, Sequence) and not isinstance(processors, str):
-        extra = pr.chain(*processors)
-    else:
-        raise TypeError("processors must be a nucleax.processors.Processor or a list of them, "
-                        f"got {type(processors).__name__}")
-    on = set(params.processors_on())
-    for f in _applies(extra.apply):
-        twice = on & set(_BUILTIN_FIELDS.get(f, ()))
-        if twice:
-            raise ValueError(
-                f"processors= repeats {sorted(twice)}, which params already switches on: it "
-                "would run twice. processors= runs after the chain params builds; pass only "
-                "your extra processors, or set the field off in params to place it yourself")
-    return extra if named is None else pr.chain(named, extra)
+    """The processors to run: those `params` switches on, then `processors` (or None)."""
+    return params.processors(eos_ids, extra=processors)
 
 
 def init_state(chain: Any, state: Any, batch: int, vocab: int) -> Any:

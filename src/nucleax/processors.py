@@ -653,6 +653,31 @@ class _ChainUpdate:
         return tuple(f(s, tokens) for f, s in zip(self.fns, state, strict=True))
 
 
+def as_list(processors: Any) -> list[Processor]:
+    """A Processor or a list of them as a list; clear errors otherwise."""
+    if isinstance(processors, Processor):
+        return [processors]
+    if isinstance(processors, Sequence) and not isinstance(processors, str) and all(
+            isinstance(p, Processor) for p in processors):
+        return list(processors)
+    raise TypeError("processors must be a nucleax.processors.Processor (init, apply, update) or "
+                    f"a list of them, got {type(processors).__name__}")
+
+
+def builtin_fields(proc: Processor) -> tuple[str, ...]:
+    """The SamplingParams fields of the built-in processors inside `proc` (chains searched)."""
+
+    def applies(f):
+        return [g for h in f.fns for g in applies(h)] if isinstance(f, _ChainApply) else [f]
+
+    fields = {_allowed_apply: ("allowed_token_ids",), _bad_words_apply: ("bad_words",),
+              _min_tokens_apply: ("min_tokens",), _bias_apply: ("logit_bias",),
+              _repetition_apply: ("repetition_penalty",),
+              _output_apply: ("frequency_penalty", "presence_penalty"),
+              _ngram_apply: ("no_repeat_ngram_size",)}
+    return tuple(n for f in applies(proc.apply) for n in fields.get(f, ()))
+
+
 def chain(*processors: Processor | Sequence[Processor]) -> Processor:
     """Composes processors: `apply` runs them in the given order.
 
