@@ -1,0 +1,244 @@
+"""Speculative verification: exact in distribution, greedy by argmax, keys per (row, position).
+
+A toy "model" on a 12-token vocabulary: the target's logits after token t are
+`L[t]` (which favour repeating t, so the repetition penalty on the drafts
+matters), a draft model's distribution after t is `Q[t]`. Statistical tests use
+a fixed seed and a chi-square test at false-alarm rate 1e-3 each (cells with
+expected count < 5 pooled; a token of probability 0 must never appear).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import nucleax as nx
+from nucleax.speculative import VerifyOutput, verify
+
+V = 12
+ALPHA = 1e-3
+RNG = np.random.default_rng(1234)
+L = (RNG.normal(size=(V, V)) * 1.5 + 3.0 * np.eye(V)).astype(np.float32)  # logits after t
+Q = RNG.dirichlet(np.full(V, 0.7), size=V)  # draft distribution after token t
+PROMPT = [3, 5, 3, 7]
+BATCH = 21000  # one batch size for the statistical tests: fewer compilations
+PARAMS = dict(top_k=9, top_p=0.92, min_p=0.03, repetition_penalty=1.4)
+
+
+def _params(batch, temperature, **changes):
+    """Per-row temperatures and the same fields every time (one compilation per shape)."""
+    temp = np.broadcast_to(np.asarray(temperature, np.float32), (batch,)).copy()
+    return nx.SamplingParams(temperature=temp, **{**PARAMS, **changes})
+
+
+def _state(params, batch):
+    chain = params.processors()
+    prompts = jnp.asarray(np.tile(PROMPT, (batch, 1)), jnp.int32)
+    return chain, chain.init(prompts, jnp.full((batch,), len(PROMPT), jnp.int32), V, 16)
+
+
+def _keys(batch, seed):
+    return jax.random.split(jax.random.key(seed), batch)
+
+
+def _round(rng, prev, batch, k, full):
+    """Drafts sampled from Q along the chain from `prev [B]`, and the target's logits."""
+    drafts = np.zeros((batch, k), np.int32)
+    dprobs = np.zeros((batch, k, V), np.float32)
+    ctx = np.asarray(prev)
+    logits = [L[ctx]]
+    for i in range(k):
+        q = Q[ctx]
+        cum = np.cumsum(q, axis=-1)
+        d = np.minimum((rng.random(batch)[:, None] > cum).sum(-1), V - 1).astype(np.int32)
+        drafts[:, i], dprobs[:, i] = d, q
+        logits.append(L[d])
+        ctx = d
+    logits = np.stack(logits, axis=1)
+    return jnp.asarray(drafts), (jnp.asarray(dprobs) if full else None), jnp.asarray(logits)
+
+
+def _chi2(counts, expected_p, what):
+    counts = np.asarray(counts, np.float64).ravel()
+    exp = np.asarray(expected_p, np.float64).ravel() * counts.sum()
+    zero = exp == 0
+    assert counts[zero].sum() == 0, f"{what}: a token of probability 0 was emitted"
+    small = (exp < 5) & ~zero
+    obs = np.concatenate([counts[~zero & ~small], [counts[small].sum()]])
+    ex = np.concatenate([exp[~zero & ~small], [exp[small].sum()]])
+    if ex[-1] == 0:
+        obs, ex = obs[:-1], ex[:-1]
+    pval = stats.chisquare(obs, ex * obs.sum() / ex.sum()).pvalue
+    assert pval > ALPHA, f"{what}: chi-square p-value {pval:.2e} < {ALPHA}"
+
+
+def _conditional(params):
+    """[V, V]: the pipeline's probs after the prompt and one output token t (row t)."""
+    chain, st = _state(params, V)
+    st = chain.update(st, jnp.arange(V, dtype=jnp.int32))
+    return np.asarray(nx.probs(jnp.asarray(L), params, state=st), np.float64)
+
+
+@pytest.mark.parametrize("k,full", [(3, False), (3, True), (1, True)])
+def test_emitted_tokens_follow_the_pipeline_jointly_over_two_positions(k, full):
+    greedy_rows, batch = 1000, BATCH
+    params = _params(batch, np.where(np.arange(batch) < greedy_rows, 0.0, 0.9))
+    one = nx.SamplingParams(temperature=0.9, **PARAMS)
+    rng = np.random.default_rng(7 + k + full)
+    keys = _keys(batch, 100 + k)
+    chain, st = _state(params, batch)
+    pos = jnp.full((batch,), len(PROMPT), jnp.int32)
+    prev = np.full(batch, PROMPT[-1])
+    d, r, z = _round(rng, prev, batch, k, full)
+    out = verify(keys, d, z, params, positions=pos, draft_probs=r, state=st)
+    assert isinstance(out, VerifyOutput) and out.tokens.shape == (batch, k + 1)
+    toks, n_emit = np.asarray(out.tokens), np.asarray(out.emitted)
+    t0 = toks[:, 0]
+    # rows that emitted one token: the next verify call, at the next position, gives the second
+    d2, r2, z2 = _round(rng, t0, batch, k, full)
+    out2 = verify(keys, d2, z2, params, positions=pos + 1, draft_probs=r2, state=out.state)
+    t1 = np.where(n_emit >= 2, toks[:, 1], np.asarray(out2.tokens)[:, 0])
+
+    _, st1 = _state(one, 1)
+    p0 = np.asarray(nx.probs(jnp.asarray(L[PROMPT[-1]]), one, state=st1), np.float64)
+    cond = _conditional(one)
+    assert (p0 == 0).sum() >= 3  # the truncations and the penalty are doing something
+    rand = slice(greedy_rows, None)
+    _chi2(np.bincount(t0[rand], minlength=V), p0, "first token")
+    joint = np.zeros((V, V))
+    np.add.at(joint, (t0[rand], t1[rand]), 1)
+    _chi2(joint, p0[:, None] * cond, "first two tokens")
+    assert 0 < np.mean(n_emit[rand] >= 2) < 1  # both paths to the second token were taken
+
+    # greedy rows: the argmax chain under the processors (float64 reference below)
+    g0 = _greedy_chain(2)
+    assert (t0[:greedy_rows] == g0[0]).all() and (t1[:greedy_rows] == g0[1]).all()
+
+
+def _penalised(z, seen, r=1.4):
+    z = np.asarray(z, np.float64).copy()
+    idx = np.array(sorted(seen))
+    z[idx] = np.where(z[idx] > 0, z[idx] / r, z[idx] * r)
+    return z
+
+
+def _greedy_chain(n):
+    seen, prev, out = set(PROMPT), PROMPT[-1], []
+    for _ in range(n):
+        t = int(np.argmax(_penalised(L[prev], seen)))
+        out.append(t)
+        seen.add(t)
+        prev = t
+    return out
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_greedy_rows_accept_the_argmax_chain_and_stop_at_the_first_miss(full):
+    k, batch = 3, 8
+    chain_toks = _greedy_chain(k + 1)
+    params = _params(batch, 0.0)
+    misses = [None, 0, 1, 2] * 2
+    drafts = np.tile(chain_toks[:k], (batch, 1)).astype(np.int32)
+    for row, at in enumerate(misses):
+        if at is not None:
+            drafts[row, at] = (drafts[row, at] + 1 + row) % V
+    prev = np.concatenate([np.full((batch, 1), PROMPT[-1]), drafts], axis=1)
+    r = jnp.asarray(Q[prev[:, :k]], jnp.float32) if full else None
+    _, st = _state(params, batch)
+    out = verify(_keys(batch, 3), jnp.asarray(drafts), jnp.asarray(L[prev]), params,
+                 positions=jnp.full((batch,), 4, jnp.int32), draft_probs=r, state=st)
+    for row, at in enumerate(misses):
+        n = k if at is None else at
+        want = chain_toks[:n + 1] + [-1] * (k - n)
+        assert np.asarray(out.tokens)[row].tolist() == want, row
+        assert int(out.accepted[row]) == n and int(out.emitted[row]) == n + 1
+
+
+def test_drafts_of_probability_zero_are_all_rejected_and_the_draw_is_exact():
+    k = 3
+    params = _params(BATCH, 0.8, top_k=3, top_p=1.0, min_p=0.0)
+    _, st = _state(params, BATCH)
+    one = params.take([0])
+    _, st1 = _state(one, 1)
+    p0 = np.asarray(nx.probs(jnp.asarray(L[PROMPT[-1]])[None], one, state=st1)[0], np.float64)
+    dead = np.flatnonzero(p0 == 0)
+    rng = np.random.default_rng(5)
+    d = rng.choice(dead, size=(BATCH, k)).astype(np.int32)
+    z = np.concatenate([L[PROMPT[-1]][None].repeat(BATCH, 0)[:, None], L[d]], axis=1)
+    for full in (False, True):
+        r = None
+        if full:  # a draft model whose whole mass is on tokens the target never emits
+            r = np.zeros((BATCH, k, V), np.float32)
+            r[:, :, dead] = 1.0 / dead.size
+            r = jnp.asarray(r)
+        out = verify(_keys(BATCH, 9), jnp.asarray(d), jnp.asarray(z), params,
+                     positions=jnp.full((BATCH,), 4, jnp.int32), draft_probs=r, state=st)
+        assert (np.asarray(out.accepted) == 0).all()
+        toks = np.asarray(out.tokens)
+        assert (toks[:, 1:] == -1).all()
+        _chi2(np.bincount(toks[:, 0], minlength=V), p0, f"correction (full={full})")
+
+
+def test_all_accepted_random_rows_draw_the_bonus_from_the_last_position():
+    # the target is (nearly) a point mass on the draft at the first K positions
+    k = 3
+    params = _params(BATCH, 1.0, top_k=0, top_p=1.0, min_p=0.0)
+    chain, st = _state(params, BATCH)
+    z = np.full((BATCH, k + 1, V), -5.0, np.float32)
+    d = np.tile([4, 9, 3], (BATCH, 1)).astype(np.int32)
+    z[:, 0, 4] = z[:, 1, 9] = z[:, 2, 3] = 200.0
+    z[:, k] = L[0]
+    out = verify(_keys(BATCH, 2), jnp.asarray(d), jnp.asarray(z), params,
+                 positions=jnp.zeros((BATCH,), jnp.int32), state=st)
+    assert (np.asarray(out.accepted) == k).all() and (np.asarray(out.emitted) == k + 1).all()
+    toks = np.asarray(out.tokens)
+    assert (toks[:, :k] == d).all()
+    one = params.take([0])
+    _, st1 = _state(one, 1)
+    for t in (4, 9, 3):  # the bonus sees the penalty on the accepted drafts
+        st1 = chain.update(st1, jnp.array([t], jnp.int32))
+    bonus = np.asarray(nx.probs(jnp.asarray(L[0])[None], one, state=st1)[0], np.float64)
+    _chi2(np.bincount(toks[:, k], minlength=V), bonus, "bonus token")
+
+
+def test_state_is_advanced_by_exactly_the_emitted_tokens_and_rows_are_batch_invariant():
+    batch, k = 8, 3
+    params = _params(batch, [0.0, 1.0] * 4)
+    chain, st = _state(params, batch)
+    rng = np.random.default_rng(0)
+    d, r, z = _round(rng, np.full(batch, PROMPT[-1]), batch, k, True)
+    d = d.at[0].set(jnp.asarray(_greedy_chain(k)))  # row 0 (greedy) accepts every draft
+    z = z.at[0].set(jnp.asarray(L[np.array([PROMPT[-1]] + _greedy_chain(k))]))
+    keys = _keys(batch, 4)
+    pos = jnp.arange(batch, dtype=jnp.int32) + 4
+    out = verify(keys, d, z, params, positions=pos, draft_probs=r, state=st)
+    assert 0 < int(out.accepted.sum()) < batch * k  # some drafts accepted, some rejected
+    want = st
+    for i in range(k + 1):
+        want = chain.update(want, out.tokens[:, i])
+    for a, b in zip(jax.tree.leaves(out.state), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
+    order = np.array([5, 0, 7, 2, 1, 3, 6, 4])  # each row's tokens do not depend on the others
+    again = verify(keys[order], d[order], z[order], params.take(order), positions=pos[order],
+                   draft_probs=r[order], state=jax.tree.map(lambda x: x[order], st))
+    np.testing.assert_array_equal(again.tokens, out.tokens[order])
+
+
+def test_bad_arguments_raise_naming_them():
+    z = jnp.zeros((2, 4, V))
+    d = jnp.zeros((2, 3), jnp.int32)
+    pos = jnp.zeros((2,), jnp.int32)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="target_logits"):
+        verify(key, d, jnp.zeros((2, 3, V)), positions=pos)
+    with pytest.raises(TypeError, match="draft_tokens"):
+        verify(key, d.astype(jnp.float32), z, positions=pos)
+    with pytest.raises(ValueError, match="draft_tokens"):
+        verify(key, jnp.zeros((2, 0), jnp.int32), jnp.zeros((2, 1, V)), positions=pos)
+    with pytest.raises(ValueError, match="draft_probs"):
+        verify(key, d, z, positions=pos, draft_probs=jnp.zeros((2, 3, V + 1)))
+    with pytest.raises(ValueError, match="positions"):
+        verify(key, d, z, positions=jnp.zeros((3,), jnp.int32))
+    with pytest.raises(TypeError, match="target_logits"):
+        verify(key, d, z.astype(jnp.int32), positions=pos)
