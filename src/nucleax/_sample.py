@@ -125,7 +125,8 @@ _dense_output = jax.jit(dense_output, static_argnames=("apply", "output", "metho
 
 
 def probs(logits: Any, params: SamplingParams | None = None, *, processors: Any = None,
-          state: Any = None, method: str = "auto", window: int = 64) -> jax.Array:
+          state: Any = None, method: str = "auto", window: int = 64, mesh: Any = None,
+          batch_axis: Any = None, vocab_axis: Any = None) -> jax.Array:
     """The exact distribution that `sample` draws from.
 
     Order: logits processors (those `params` switches on, then `processors`),
@@ -146,6 +147,10 @@ def probs(logits: Any, params: SamplingParams | None = None, *, processors: Any 
       method: `"auto"`/`"fast"` (no full sort), `"bisect"`, or `"sort"` (the
         reference). All return the same distribution.
       window: static candidate count of the fast method.
+      mesh, batch_axis, vocab_axis: logits split over a `jax.sharding.Mesh`
+        (`NamedSharding(mesh, P(batch_axis, vocab_axis))`, either axis None):
+        the same result, computed without gathering `[B, V]` (see
+        `nucleax.sharding`).
 
     Returns:
       float32 array shaped like `logits`, rows summing to 1.
@@ -156,19 +161,32 @@ def probs(logits: Any, params: SamplingParams | None = None, *, processors: Any 
       >>> nucleax.probs(z, nucleax.SamplingParams(top_k=2)).round(3).tolist()
       [0.622, 0.0, 0.0, 0.378, 0.0, 0.0]
     """
+    if mesh is not None:
+        from .sharding import probs_sharded
+
+        return probs_sharded(logits, params, mesh=mesh, batch_axis=batch_axis,
+                             vocab_axis=vocab_axis, processors=processors, state=state,
+                             method=method, window=window)
     check_method(method, window)
     params, apply, state = _setup(logits, params, processors, state)
     return _dense_output(logits, params, apply, state, "probs", method, window)
 
 
 def keep_mask(logits: Any, params: SamplingParams | None = None, *, processors: Any = None,
-              state: Any = None, method: str = "auto", window: int = 64) -> jax.Array:
+              state: Any = None, method: str = "auto", window: int = 64, mesh: Any = None,
+              batch_axis: Any = None, vocab_axis: Any = None) -> jax.Array:
     """Boolean mask of the tokens that survive the processors and the truncations.
 
     Same shape as `logits`. For greedy rows (`T = 0`) and rows with no finite
     logit it is one-hot at the token `sample` returns. Tokens at -inf (or NaN)
     never survive otherwise. See `probs` for the rules and arguments.
     """
+    if mesh is not None:
+        from .sharding import keep_mask_sharded
+
+        return keep_mask_sharded(logits, params, mesh=mesh, batch_axis=batch_axis,
+                                 vocab_axis=vocab_axis, processors=processors, state=state,
+                                 method=method, window=window)
     check_method(method, window)
     params, apply, state = _setup(logits, params, processors, state)
     return _dense_output(logits, params, apply, state, "mask", method, window)
@@ -219,26 +237,28 @@ _sample = jax.jit(sample_impl, static_argnames=("apply", "return_logprobs", "top
 @overload
 def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
            processors: Any = None, state: Any = None, return_logprobs: Literal[False] = False,
-           top_n: Literal[0] = 0, method: str = "auto", window: int = 64) -> jax.Array: ...
+           top_n: Literal[0] = 0, method: str = "auto", window: int = 64, mesh: Any = None,
+           batch_axis: Any = None, vocab_axis: Any = None) -> jax.Array: ...
 
 
 @overload
 def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
            processors: Any = None, state: Any = None, return_logprobs: Literal[True],
-           top_n: int = 0, method: str = "auto", window: int = 64) -> SampleOutput: ...
+           top_n: int = 0, method: str = "auto", window: int = 64, mesh: Any = None,
+           batch_axis: Any = None, vocab_axis: Any = None) -> SampleOutput: ...
 
 
 @overload
 def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
            processors: Any = None, state: Any = None, return_logprobs: bool = False,
-           top_n: int = 0, method: str = "auto",
-           window: int = 64) -> jax.Array | SampleOutput: ...
+           top_n: int = 0, method: str = "auto", window: int = 64, mesh: Any = None,
+           batch_axis: Any = None, vocab_axis: Any = None) -> jax.Array | SampleOutput: ...
 
 
 def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
            processors: Any = None, state: Any = None, return_logprobs: bool = False,
-           top_n: int = 0, method: str = "auto",
-           window: int = 64) -> jax.Array | SampleOutput:
+           top_n: int = 0, method: str = "auto", window: int = 64, mesh: Any = None,
+           batch_axis: Any = None, vocab_axis: Any = None) -> jax.Array | SampleOutput:
     """Draws one token per row from `probs(logits, params)`.
 
     Args:
@@ -255,6 +275,7 @@ def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
       top_n: also return the `top_n` most likely alternatives (a `SampleOutput`).
       method, window: see `probs`; every method returns the same token for the
         same key (up to float rounding of a sum that lands exactly on a boundary).
+      mesh, batch_axis, vocab_axis: logits split over a mesh; see `probs`.
 
     Returns:
       int32 `[B]` tokens (a scalar for `[V]` logits), or a `SampleOutput`.
@@ -271,6 +292,13 @@ def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
       >>> nucleax.sample(jax.random.key(0), z, p).shape
       (2,)
     """
+    if mesh is not None:
+        from .sharding import sample_sharded
+
+        return sample_sharded(key, logits, params, mesh=mesh, batch_axis=batch_axis,
+                              vocab_axis=vocab_axis, processors=processors, state=state,
+                              return_logprobs=return_logprobs, top_n=top_n, method=method,
+                              window=window)
     check_method(method, window)
     if not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 0:
         raise ValueError(f"top_n must be an int >= 0, got {top_n!r}")
