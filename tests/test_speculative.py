@@ -244,3 +244,40 @@ def test_bad_arguments_raise_naming_them():
         verify(key, d, z, positions=jnp.zeros((3,), jnp.int32))
     with pytest.raises(TypeError, match="target_logits"):
         verify(key, d, z.astype(jnp.int32), positions=pos)
+
+
+def test_ngram_drafts_continue_the_latest_earlier_match():
+    from nucleax.speculative import ngram_drafts
+
+    hist = jnp.asarray([[1, 2, 3, 4, 1, 2, 3, 9, 1, 2, 0, 0],
+                        [5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 0]], jnp.int32)
+    got = ngram_drafts(hist, jnp.asarray([10, 4]), 3, 3)
+    # row 0: suffix [1, 2] last seen at 4..5, followed by 3, 9, 1; row 1: no match, repeat 8
+    assert got.tolist() == [[3, 9, 1], [8, 8, 8]]
+
+
+def test_greedy_speculative_generation_equals_greedy_generate_on_the_tiny_model():
+    from nucleax import decode
+    from nucleax.models import Llama, LlamaConfig, random_weights
+    from nucleax.speculative import generate_speculative
+
+    config = LlamaConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                         hidden_dim=48, head_dim=8, context_length=64)
+    model = Llama(config, random_weights(config, seed=5, scale=0.6))
+    prompts = [[3, 4, 5, 3, 4, 5, 3, 4], [10, 11, 12, 13, 14, 15, 16], [7]]
+    params = nx.SamplingParams(temperature=0.0, repetition_penalty=np.float32([1.0, 1.2, 1.0]))
+    keys = _keys(3, 0)
+    plain = decode.generate(model, prompts, params, key=keys, max_new_tokens=20)
+    for k in (1, 4):
+        spec = generate_speculative(model, prompts, params, key=keys, max_new_tokens=20,
+                                    draft_tokens=k, ngram=2)
+        np.testing.assert_array_equal(spec.output.tokens, plain.tokens)
+        np.testing.assert_array_equal(spec.output.lengths, plain.lengths)
+        assert (np.asarray(spec.steps) <= 20).all() and (np.asarray(spec.accepted) >= 0).all()
+    # stop ids end rows at the same place
+    stop = int(np.asarray(plain.tokens)[1, 5])
+    plain = decode.generate(model, prompts, params, key=keys, max_new_tokens=20, stop_ids=[stop])
+    spec = generate_speculative(model, prompts, params, key=keys, max_new_tokens=20,
+                                stop_ids=[stop], draft_tokens=3)
+    np.testing.assert_array_equal(spec.output.tokens, plain.tokens)
+    np.testing.assert_array_equal(spec.output.stopped, plain.stopped)

@@ -37,7 +37,8 @@ from ._params import SamplingParams
 from ._sample import build_chain, check_params, init_state, prepare
 from ._truncation import threshold
 
-__all__ = ["VerifyOutput", "verify", "verify_impl"]
+__all__ = ["SpeculativeOutput", "VerifyOutput", "generate_speculative", "ngram_drafts", "verify",
+           "verify_impl"]
 
 
 class VerifyOutput(NamedTuple):
@@ -240,3 +241,160 @@ def verify(key: Any, draft_tokens: Any, target_logits: Any, params: SamplingPara
     return _verify(keys, jnp.asarray(draft_tokens, jnp.int32), draft_probs, target_logits,
                    jnp.asarray(positions, jnp.int32), params, apply, update, state)
 
+
+
+# ----------------------------------------------------------------------------
+# Prompt-lookup drafting and the speculative decoding loop
+
+
+class SpeculativeOutput(NamedTuple):
+    """What `generate_speculative` returns.
+
+    Attributes:
+      output: the `nucleax.decode.GenerateOutput` (tokens, lengths, stopped,
+        stop_sequence; no log-probabilities or stats).
+      steps: int32 `[B]`, target-model calls while the row was live (the
+        prefill counts as one).
+      drafted: int32 `[B]`, draft tokens proposed to the row while live.
+      accepted: int32 `[B]`, draft tokens accepted.
+    """
+
+    output: Any
+    steps: jax.Array
+    drafted: jax.Array
+    accepted: jax.Array
+
+
+def ngram_drafts(history: jax.Array, length: jax.Array, k: int, ngram: int) -> jax.Array:
+    """Prompt-lookup drafts: `[B, k]` tokens that followed the latest earlier match of the suffix.
+
+    `history [B, H]` holds each row's tokens (prompt then output), `length [B]`
+    of them valid. The longest suffix of `n <= ngram` tokens that also occurs
+    earlier (ending before the last token) proposes the `k` tokens after that
+    occurrence (the last known token repeated where they run past the end).
+    With no match, the last token is repeated. Drafts are proposals only:
+    `verify` keeps the output exact whatever they are.
+    """
+    batch, width = history.shape
+    idx = jnp.arange(width, dtype=jnp.int32)
+    last = jnp.take_along_axis(history, jnp.maximum(length - 1, 0)[:, None], axis=-1)[:, 0]
+    start = jnp.full((batch,), -1, jnp.int32)
+    for n in range(1, ngram + 1):  # a longer match overrides a shorter one
+        suffix_at = length[:, None] - n + jnp.arange(n, dtype=jnp.int32)[None, :]
+        suffix = jnp.take_along_axis(history, jnp.clip(suffix_at, 0, width - 1), axis=-1)
+        hit = (idx[None, :] + n < length[:, None]) & (length[:, None] >= n + 1)
+        for t in range(n):
+            shifted = jnp.roll(history, -t, axis=-1)
+            hit = hit & (shifted == suffix[:, t:t + 1])
+        latest = jnp.max(jnp.where(hit, idx[None, :], -1), axis=-1)
+        start = jnp.where(latest >= 0, latest + n, start)
+    at = start[:, None] + jnp.arange(k, dtype=jnp.int32)[None, :]
+    drafts = jnp.take_along_axis(history, jnp.clip(at, 0, width - 1), axis=-1)
+    drafts = jnp.where((start[:, None] >= 0) & (at < length[:, None]), drafts, last[:, None])
+    return drafts.astype(jnp.int32)
+
+
+def _loop(graphdef, state, tokens, lengths, req, prog, *, max_new, cache_len, static, k,
+          ngram):
+    from . import decode as dec
+    from .processors import suffix_matches
+
+    first, cache, prog, _ = dec._prefill.__wrapped__(graphdef, state, tokens, lengths, req, prog,
+                                                     cache_len=cache_len, static=static)
+    batch, width = tokens.shape
+    pad = static.pad_id
+    rows = jnp.arange(batch)
+    hist = jnp.zeros((batch, cache_len), jnp.int32).at[:, :width].set(tokens)
+    hist = hist.at[rows, lengths].set(first.tokens)
+    out = jnp.full((batch, max_new), pad, jnp.int32).at[:, 0].set(first.tokens)
+    ones = jnp.ones((batch,), jnp.int32)
+    zeros = jnp.zeros((batch,), jnp.int32)
+    # pos: position of the last emitted token (emitted, not yet fed to the model)
+    carry = (jnp.asarray(lengths, jnp.int32), cache, prog, hist, out, ones, zeros, zeros)
+
+    def cond(c):
+        prog = c[2]
+        return ~jnp.all(prog.done | (prog.generated >= max_new))
+
+    def body(c):
+        pos, cache, prog, hist, out, steps, drafted, acc = c
+        live = ~prog.done & (prog.generated < max_new)
+        drafts = ngram_drafts(hist, pos + 1, k, ngram)
+        cur = jnp.take_along_axis(hist, pos[:, None], axis=-1)
+        feed = jnp.concatenate([cur, drafts], axis=1)
+        at = pos[:, None] + jnp.arange(k + 1, dtype=jnp.int32)[None, :]
+        model = dec._merge(graphdef, state)
+        logits, cache = model(feed, at, cache)
+        v = verify_impl(req.keys, drafts, None, logits, pos + 1, req.params, static.apply,
+                        static.update, prog.procs)
+
+        def emit(p, i):  # the i-th emitted token: stop checks as in the plain loop
+            tok = v.tokens[:, i]
+            ok = ~p.done & (p.generated < max_new) & (i < v.emitted)
+            tail = jnp.where(ok[:, None],
+                             jnp.concatenate([p.tail[:, 1:], tok[:, None]], axis=-1), p.tail) \
+                if p.tail.shape[-1] else p.tail
+            generated = p.generated + ok.astype(jnp.int32)
+            hit_id = jnp.any(tok[:, None] == req.stops, axis=-1)
+            seq_hits = suffix_matches(tail, req.seqs) & (generated >= req.min_tokens)[:, None]
+            hit_seq = jnp.any(seq_hits, axis=-1)
+            first_seq = jnp.argmax(seq_hits, axis=-1).astype(jnp.int32)
+            stop_sequence = jnp.where(ok & hit_seq & ~hit_id, first_seq, p.stop_sequence)
+            done = p.done | (ok & (hit_id | hit_seq))
+            return p._replace(done=done, generated=generated, tail=tail,
+                              stop_sequence=stop_sequence), (tok, ok, p.generated)
+
+        prog2, (toks, oks, slots) = lax.scan(emit, prog, jnp.arange(k + 1, dtype=jnp.int32))
+        toks, oks, slots = toks.T, oks.T, slots.T  # [B, K+1]
+        n = jnp.sum(oks, axis=-1).astype(jnp.int32)
+        out = out.at[rows[:, None], jnp.where(oks, slots, max_new)].set(toks, mode="drop")
+        hist = hist.at[rows[:, None], jnp.where(oks, at + 1, cache_len)].set(toks, mode="drop")
+        prog2 = prog2._replace(procs=v.state)
+        pos = pos + n
+        steps = steps + live.astype(jnp.int32)
+        drafted = drafted + jnp.where(live, k, 0)
+        acc = acc + jnp.where(live, jnp.minimum(v.accepted, n), 0)
+        return pos, cache, prog2, hist, out, steps, drafted, acc
+
+    _, _, prog, _, out, steps, drafted, acc = lax.while_loop(cond, body, carry)
+    return out, prog, steps, drafted, acc
+
+
+_loop_jit = jax.jit(_loop, static_argnames=("graphdef", "max_new", "cache_len", "static", "k",
+                                            "ngram"))
+
+
+def generate_speculative(model: Any, prompts: Any, params: SamplingParams | None = None, *,
+                         key: Any, max_new_tokens: int, stop_ids: Any = None, pad_id: int = 0,
+                         processors: Any = None, bucket: int = 16, draft_tokens: int = 4,
+                         ngram: int = 3) -> SpeculativeOutput:
+    """`nucleax.decode.generate` with prompt-lookup speculative decoding, in one jitted loop.
+
+    Every step proposes `draft_tokens` tokens per row by n-gram lookup over the
+    row's prompt and output (`ngram_drafts`), runs the target model once on the
+    K+1 positions (writing the KV cache at absolute positions; rejected slots
+    are overwritten later), and `verify`s them: the output is distributed
+    exactly as plain sampling (greedy rows give the same tokens as `generate`).
+    The first token comes from the prefill, as in `generate`; the token at
+    absolute position `q` of request `b` then uses only `fold_in(key_b, q)`.
+
+    Arguments as in `nucleax.decode.generate`, plus:
+      draft_tokens: K, the drafts per step (static), >= 1.
+      ngram: the longest suffix looked up (static), >= 1.
+
+    Returns:
+      a `SpeculativeOutput`: the `GenerateOutput`, and per row the target
+      calls, drafts proposed and drafts accepted.
+    """
+    from . import _validate as va
+    from . import decode as dec
+
+    k = va.int_arg("draft_tokens", draft_tokens, minimum=1)
+    n = va.int_arg("ngram", ngram, minimum=1)
+    graphdef, state, tokens, lengths, req, prog, static, cache_len, max_new = dec._prepare(
+        model, prompts, key, params, max_new_tokens, stop_ids, pad_id, bucket, processors)
+    toks, prog, steps, drafted, acc = _loop_jit(
+        graphdef, state, jnp.asarray(tokens), jnp.asarray(lengths), req, prog, max_new=max_new,
+        cache_len=cache_len + k + 1, static=static, k=k, ngram=n)
+    out = dec.GenerateOutput(toks, prog.generated, prog.done, stop_sequence=prog.stop_sequence)
+    return SpeculativeOutput(out, steps, drafted, acc)
