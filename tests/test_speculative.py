@@ -268,16 +268,46 @@ def test_greedy_speculative_generation_equals_greedy_generate_on_the_tiny_model(
     params = nx.SamplingParams(temperature=0.0, repetition_penalty=np.float32([1.0, 1.2, 1.0]))
     keys = _keys(3, 0)
     plain = decode.generate(model, prompts, params, key=keys, max_new_tokens=20)
-    for k in (1, 4):
-        spec = generate_speculative(model, prompts, params, key=keys, max_new_tokens=20,
-                                    draft_tokens=k, ngram=2)
-        np.testing.assert_array_equal(spec.output.tokens, plain.tokens)
-        np.testing.assert_array_equal(spec.output.lengths, plain.lengths)
-        assert (np.asarray(spec.steps) <= 20).all() and (np.asarray(spec.accepted) >= 0).all()
+    spec = generate_speculative(model, prompts, params, key=keys, max_new_tokens=20,
+                                draft_tokens=3, ngram=2)
+    np.testing.assert_array_equal(spec.output.tokens, plain.tokens)
+    np.testing.assert_array_equal(spec.output.lengths, plain.lengths)
+    np.testing.assert_array_equal(np.asarray(spec.steps) + np.asarray(spec.accepted), 20)
     # stop ids end rows at the same place
     stop = int(np.asarray(plain.tokens)[1, 5])
     plain = decode.generate(model, prompts, params, key=keys, max_new_tokens=20, stop_ids=[stop])
     spec = generate_speculative(model, prompts, params, key=keys, max_new_tokens=20,
-                                stop_ids=[stop], draft_tokens=3)
+                                stop_ids=[stop], draft_tokens=3, ngram=2)
     np.testing.assert_array_equal(spec.output.tokens, plain.tokens)
     np.testing.assert_array_equal(spec.output.stopped, plain.stopped)
+
+
+class _Bigram:
+    """A model whose logits depend on the last token only (greedy output cycles)."""
+
+    def __init__(self, table):
+        self.table = jnp.asarray(table)
+
+    def init_cache(self, batch, length):
+        return jnp.zeros((batch, length), jnp.int32)
+
+    def __call__(self, tokens, positions, cache):
+        return self.table[tokens], cache
+
+
+def test_speculative_accepts_drafts_on_a_repetitive_model_and_keeps_greedy_output():
+    from nucleax import decode
+    from nucleax.speculative import generate_speculative
+
+    model = _Bigram(L)
+    prompts = [[1, 2], [5]]
+    params = nx.SamplingParams(temperature=0.0)
+    keys = _keys(2, 0)
+    plain = decode.generate(model, prompts, params, key=keys, max_new_tokens=24)
+    spec = generate_speculative(model, prompts, params, key=keys, max_new_tokens=24,
+                                draft_tokens=3, ngram=2)
+    np.testing.assert_array_equal(spec.output.tokens, plain.tokens)
+    accepted, steps = np.asarray(spec.accepted), np.asarray(spec.steps)
+    assert (accepted > 0).all() and (steps < 24).all()
+    # prefill: 1 token; each call: accepted + 1 (the last call may be cut by max_new_tokens)
+    assert ((steps + accepted >= 24) & (steps + accepted <= 25)).all()
