@@ -232,11 +232,12 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _knob_help(name: str, what: str) -> str:
+def _knob_help(name: str, what: str, many: bool) -> str:
     from .apps import presets
 
     default = _fmt(_default_values()[name])
-    return f"{what} (default: {default}, the `{presets.DEFAULT}` preset's; --preset changes it)"
+    tail = "" if many else "; --preset changes it"
+    return f"{what} (default: {default}, the `{presets.DEFAULT}` preset's{tail})"
 
 
 def _sampling_flags(parser: argparse.ArgumentParser, *, many: bool) -> None:
@@ -246,15 +247,16 @@ def _sampling_flags(parser: argparse.ArgumentParser, *, many: bool) -> None:
     g = parser.add_argument_group("sampling (knobs not given keep the default setting's value; "
                                   "with --temperature 0, knobs not given are off)")
     g.add_argument("--temperature", type=TEMPERATURE, default=argparse.SUPPRESS, metavar="T",
-                   help=_knob_help("temperature", "temperature, 0 = greedy" + each), **kw)
+                   help=_knob_help("temperature", "temperature, 0 = greedy" + each, many), **kw)
     g.add_argument("--top-k", type=TOP_K, default=argparse.SUPPRESS, metavar="K",
-                   help=_knob_help("top_k", "keep the K most likely tokens, 0 = off" + each), **kw)
+                   help=_knob_help("top_k", "keep the K most likely tokens, 0 = off" + each,
+                                   many), **kw)
     g.add_argument("--top-p", type=TOP_P, default=argparse.SUPPRESS, metavar="P",
                    help=_knob_help("top_p", "nucleus: the smallest set with mass >= P, 1 = off"
-                                   + each), **kw)
+                                   + each, many), **kw)
     g.add_argument("--min-p", type=MIN_P, default=argparse.SUPPRESS, metavar="M",
                    help=_knob_help("min_p", "keep tokens with probability >= M * the top one, "
-                                   "0 = off" + each), **kw)
+                                   "0 = off" + each, many), **kw)
     if many:
         g.add_argument("--preset", "--presets", type=_preset, nargs="+", default=[],
                        metavar="NAME", help="named settings to add (`nucleax presets`)")
@@ -282,7 +284,7 @@ def _processor_flags(parser: argparse.ArgumentParser, *, many: bool) -> None:
                    help="no end-of-sequence before N tokens are generated")
     g.add_argument("--stop", type=_text("--stop", "END"), action="append", default=[],
                    metavar="TEXT", help="end a sample when its text contains TEXT (repeat for "
-                   "more); TEXT itself is not printed")
+                   "more)" + ("" if many else "; TEXT itself is not printed"))
     g.add_argument("--ignore-eos", action="store_true",
                    help="keep generating after the model's end-of-sequence token")
     g.add_argument("--logit-bias", type=_logit_bias, nargs="+", default=[], metavar="ID:BIAS",
@@ -660,7 +662,9 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default:" in text or action.default in (None, False, [], argparse.SUPPRESS):
+        quiet = action.default is None or action.default is False or action.default == [] \
+            or action.default is argparse.SUPPRESS
+        if "default:" in text or quiet:
             return text
         return super()._get_help_string(action) or text
 
