@@ -158,7 +158,7 @@ def probs(logits: Any, params: SamplingParams | None = None, *, processors: Any 
     Example:
       >>> import jax.numpy as jnp, nucleax
       >>> z = jnp.array([5.0, 2.2, 2.0, 4.5, 3.0, 2.7])
-      >>> nucleax.probs(z, nucleax.SamplingParams(top_k=2)).round(3).tolist()
+      >>> [round(float(x), 3) for x in nucleax.probs(z, nucleax.SamplingParams(top_k=2))]
       [0.622, 0.0, 0.0, 0.378, 0.0, 0.0]
     """
     if mesh is not None:

@@ -31,11 +31,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._draw import _first_crossing, argmax, dense_probs
+from ._draw import _first_crossing, dense_probs
 from ._keys import row_keys
 from ._params import SamplingParams
 from ._sample import build_chain, check_params, init_state, prepare
 from ._truncation import threshold
+
+def argmax(z: jax.Array) -> jax.Array:
+    """int32 argmax of each row of `[B, V]` (lowest index among ties), also under x64."""
+    return jax.lax.argmax(z, z.ndim - 1, jnp.int32)
+
 
 __all__ = ["SpeculativeOutput", "VerifyOutput", "generate_speculative", "ngram_drafts", "verify",
            "verify_impl"]
