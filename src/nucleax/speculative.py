@@ -37,6 +37,7 @@ from ._params import SamplingParams
 from ._sample import build_chain, check_params, init_state, prepare
 from ._truncation import threshold
 
+
 def argmax(z: jax.Array) -> jax.Array:
     """int32 argmax of each row of `[B, V]` (lowest index among ties), also under x64."""
     return jax.lax.argmax(z, z.ndim - 1, jnp.int32)
