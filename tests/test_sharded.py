@@ -5,13 +5,22 @@ Runs on the 8 CPU devices that tests/conftest.py asks XLA for
 on the default device of the same process.
 """
 
+import json
+import os
+import socket
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sharded_loop as sl
+import sharded_multiprocess as mp
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from npref import margins
+from smollm import needs_smollm, smollm
 
 import nucleax as nx
 from nucleax import sharding
@@ -217,28 +226,26 @@ def test_vocab_not_split_and_new_values_do_not_recompile():
     assert sharding._sharded.sample_output._cache_size() == compiled
 
 
-class _Bias:
-    """A duck-typed processor (only `apply` is used): adds a per-row bias to token 7."""
-
-    @staticmethod
-    def apply(state, logits):
-        return logits.at[:, 7].add(state)
-
-
-def test_processors_apply_before_sampling_and_raw_logprobs_are_unprocessed():
+def test_processors_run_first_and_raw_logprobs_are_unprocessed():
+    """The processors `params` switches on (a per-row logit bias), then extra ones (a ban list)."""
     mesh = _mesh((2, 4))
     z, settings = _narrow_rows(1000, 8)
-    params = _params(settings)
-    bias = jnp.arange(8, dtype=jnp.float32) * 2.0
+    t, k, p, m = (np.array([s[i] for s in settings]) for i in range(4))
+    params = nx.SamplingParams(t, k.astype(np.int32), p, m,
+                               logit_bias=[{7: 3.0 * i, 600: 1.0} for i in range(8)])
+    allowed = nx.processors.allowed_token_ids(list(range(0, 1000, 3)) + [7])
     key = jax.random.key(5)
-    got = sample_sharded(key, _place(z, mesh), params, mesh=mesh, **AXES, return_logprobs=True,
-                         processors=_Bias(), state=bias)
-    processed = np.asarray(_Bias.apply(bias, jnp.asarray(z)))
-    want = nx.sample(key, processed, params, return_logprobs=True)
-    np.testing.assert_array_equal(got.tokens, want.tokens)
-    np.testing.assert_allclose(got.logprobs, want.logprobs, rtol=1e-6, atol=2e-6)
-    raw = np.asarray(jax.nn.log_softmax(z, axis=-1))[np.arange(8), np.asarray(got.tokens)]
-    np.testing.assert_allclose(got.raw_logprobs, raw, rtol=1e-5, atol=1e-5)
+    got = sample_sharded(key, _place(z, mesh), params, mesh=mesh, **AXES, processors=allowed,
+                         return_logprobs=True, top_n=3)
+    want = nx.sample(key, z, params, processors=allowed, return_logprobs=True, top_n=3)
+    _assert_same_output(got, want)
+    assert all(t % 3 == 0 or t == 7 for t in np.asarray(got.tokens).tolist())  # allowed only
+    raw = np.asarray(jax.nn.log_softmax(z, axis=-1))
+    np.testing.assert_allclose(got.raw_logprobs, raw[np.arange(8), np.asarray(got.tokens)],
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(probs_sharded(_place(z, mesh), params, mesh=mesh, **AXES,
+                                             processors=allowed),
+                               nx.probs(z, params, processors=allowed), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("shape", [(1, 8), (2, 4)])
@@ -276,3 +283,72 @@ def test_bad_arguments_name_the_fix():
         sample_sharded(key, z, mesh=jax.devices(), vocab_axis="model")
     with pytest.raises(ValueError, match="top_n"):
         sample_sharded(key, z, mesh=mesh, vocab_axis="model", top_n=-1)
+
+
+# --- the decoding loop on a mesh, and several processes ---------------------------------
+
+
+def test_decoding_loop_on_a_mesh_equals_one_device():
+    """The tiny Llama split over "model" (KV heads, MLP, vocabulary), its batch over "data"."""
+    mesh = _mesh((2, 4))
+    params = nx.SamplingParams(np.array([0.0, 0.8, 1.0, 1.3], np.float32),
+                               np.array([0, 0, 40, 0], np.int32),
+                               np.array([1.0, 0.9, 0.95, 1.0], np.float32))
+    prompt, key = sl.prompts(4, 5, sl.TINY.vocab_size), jax.random.key(0)
+    model = sl.tiny_model()
+    sharded = model.shard(mesh)
+    assert model.placement is None  # shard returns a copy
+    assert sharded.placement.heads and sharded.placement.hidden and sharded.placement.vocab
+    assert sharded.layers[0].wqkv[...].sharding.spec == P("model", None, None)
+    got = sl.decode(sharded, prompt, params, key, 6, layout=sharding.layout(mesh, "data", "model"))
+    want = sl.decode(model, prompt, params, key, 6)
+    np.testing.assert_array_equal(got, want)
+    assert got.sharding.spec == P("data")
+    assert len(set(np.asarray(want)[1].tolist())) > 1  # a sampled row, not a constant
+
+
+@pytest.mark.slow
+@needs_smollm
+def test_smollm2_decoding_loop_on_a_mesh_equals_one_device():
+    """SmolLM2 (9 heads, 3 KV heads: attention stays whole; MLP and vocabulary split by 4)."""
+    model, tok = smollm()
+    mesh = _mesh((2, 4))
+    params = nx.SamplingParams(np.array([0.0, 0.8], np.float32), top_p=np.array([1.0, 0.9],
+                                                                                  np.float32))
+    prompt = np.array([tok.encode("The capital of France is")] * 2, np.int32)
+    key = jax.random.key(0)
+    sharded = model.shard(mesh)
+    assert not sharded.placement.heads and sharded.placement.vocab
+    got = sl.decode(sharded, prompt, params, key, 4, layout=sharding.layout(mesh, "data", "model"))
+    want = sl.decode(model, prompt, params, key, 4)
+    np.testing.assert_array_equal(got, want)
+    assert tok.decode(np.asarray(want)[0].tolist()).startswith(" Paris")
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_tokens_of_one(tmp_path):
+    """`jax.distributed` on localhost: 2 processes x 4 CPU devices, one (2, 4) mesh."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    out = tmp_path / "result.json"
+    procs = [subprocess.Popen([sys.executable, os.path.join(here, "sharded_multiprocess.py"),
+                               str(i), "2", str(port), str(out)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    got = json.loads(out.read_text())
+    assert (got["processes"], got["devices"], got["local_devices"]) == (2, 8, 4)
+    z, params, key = mp.case()
+    want = nx.sample(key, z, params, return_logprobs=True, top_n=2)
+    np.testing.assert_array_equal(got["tokens"], want.tokens)
+    np.testing.assert_array_equal(got["top_ids"], want.top_ids)
+    np.testing.assert_allclose(got["logprobs"], want.logprobs, rtol=1e-6, atol=2e-6)
+    np.testing.assert_allclose(got["probs"], nx.probs(z, params), atol=1e-6, rtol=0)
+    loop = sl.decode(sl.tiny_model(), sl.prompts(mp.BATCH, 5, sl.TINY.vocab_size), params, key,
+                     mp.STEPS)
+    np.testing.assert_array_equal(got["loop"], loop)

@@ -362,15 +362,15 @@ class Layout(NamedTuple):
             return jax.sharding.reshard(x, sharding)
         return lax.with_sharding_constraint(x, sharding)
 
-    def apply(self, processors, state, z):
-        """`processors.apply(state, z)` on the global `[B, V]` logits, partitioned by XLA.
+    def apply(self, apply, state, z):
+        """`apply(state, z)` (the processors) on the global `[B, V]` logits, partitioned by XLA.
 
         On an explicit mesh the processors run with automatic axes: their
         scatters and gathers need no sharding annotations, and XLA keeps them
         local where the logits allow it (a per-token bias, a ban list).
         """
         def run(z):
-            return processors.apply(state, z).astype(jnp.float32)
+            return apply(state, z).astype(jnp.float32)
 
         if not self.explicit or z.shape[-1] % self.size(self.vocab_axis):
             return run(z)
@@ -390,19 +390,13 @@ def _pad_to(x, axis: int, multiple: int, fill):
     return jnp.pad(x, widths, constant_values=fill)
 
 
-def _inputs(layout: Layout, logits, params, processors, state, keep_raw: bool):
+def _inputs(layout: Layout, logits, params, apply, state, keep_raw: bool):
     """Validated, processed, padded and placed inputs: (zs, rows, B, V, single).
 
     `zs` is `[processed]`, or `[processed, raw]` when `keep_raw` and a
     processor changed the logits (raw log-probabilities need both).
     """
-    from ._params import SamplingParams
-
     z, single = as_batch(logits)
-    if params is None:
-        params = SamplingParams()
-    if not isinstance(params, SamplingParams):
-        raise TypeError(f"params must be a nucleax.SamplingParams, got {type(params).__name__}")
     batch, vocab = z.shape
     rows = params.rows(batch)
     if len(rows) != 4:
@@ -412,8 +406,8 @@ def _inputs(layout: Layout, logits, params, processors, state, keep_raw: bool):
     nb, nv = layout.size(layout.batch_axis), layout.size(layout.vocab_axis)
     zspec = P(layout.batch_axis, layout.vocab_axis)
     zs = [z]
-    if processors is not None:
-        zs = [layout.apply(processors, state, z)] + ([z] if keep_raw else [])
+    if apply is not None:
+        zs = [layout.apply(apply, state, z)] + ([z] if keep_raw else [])
     zs = [layout.place(_pad_to(_pad_to(x, 0, nb, NEG_INF), 1, nv, NEG_INF), zspec) for x in zs]
     fills = (1.0, 0, 1.0, 0.0)
     rows = tuple(layout.place(_pad_to(x, 0, nb, f), P(layout.batch_axis))
@@ -449,11 +443,11 @@ def _out(layout: Layout, x, batch: int, vocab: int | None, single: bool):
     return x[0] if single else x
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "kind", "method", "window", "processors"))
+@functools.partial(jax.jit, static_argnames=("layout", "kind", "method", "window", "apply"))
 def dense_output(logits, params, state, layout: Layout, kind: str, method: str, window: int,
-                 processors):
+                 apply):
     """`probs` / `keep_mask` on a mesh; the result keeps the logits' placement."""
-    (z,), rows, batch, vocab, single = _inputs(layout, logits, params, processors, state, False)
+    (z,), rows, batch, vocab, single = _inputs(layout, logits, params, apply, state, False)
     comm = _comm(layout, vocab)
 
     def body(z, t, k, p, m):
@@ -469,12 +463,12 @@ def dense_output(logits, params, state, layout: Layout, kind: str, method: str, 
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "return_logprobs", "top_n", "method",
-                                             "window", "processors"))
+                                             "window", "apply"))
 def sample_output(key, logits, params, state, layout: Layout, return_logprobs: bool,
-                  top_n: int, method: str, window: int, processors):
+                  top_n: int, method: str, window: int, apply):
     """`sample` on a mesh: tokens, or the fields of a `SampleOutput` (a tuple)."""
     extras = bool(return_logprobs or top_n)
-    zs, rows, batch, vocab, single = _inputs(layout, logits, params, processors, state, extras)
+    zs, rows, batch, vocab, single = _inputs(layout, logits, params, apply, state, extras)
     comm = _comm(layout, vocab)
     keys = row_keys(key, batch, "the logits' rows")
     u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)

@@ -43,15 +43,19 @@ from jax.sharding import Mesh
 
 from . import _sharded
 from ._params import SamplingParams
-from ._sample import SampleOutput
+from ._sample import SampleOutput, _setup
 from ._truncation import check_method
 
 __all__ = [
     "CollectiveOp",
     "collectives",
+    "dense_impl",
     "keep_mask_sharded",
+    "layout",
     "probs_sharded",
+    "sample_impl",
     "sample_sharded",
+    "shard_model",
 ]
 
 
@@ -80,9 +84,9 @@ def _layout(mesh: Any, batch_axis: Any, vocab_axis: Any, method: str) -> _sharde
 
 
 def sample_sharded(key: Any, logits: Any, params: SamplingParams | None = None, *, mesh: Mesh,
-                   batch_axis: Any = None, vocab_axis: Any = None, return_logprobs: bool = False,
-                   top_n: int = 0, method: str = "auto", window: int = 64, processors: Any = None,
-                   state: Any = None) -> jax.Array | SampleOutput:
+                   batch_axis: Any = None, vocab_axis: Any = None, processors: Any = None,
+                   state: Any = None, return_logprobs: bool = False, top_n: int = 0,
+                   method: str = "auto", window: int = 64) -> jax.Array | SampleOutput:
     """`nucleax.sample` on logits split over `mesh`: the same tokens, no `[B, V]` gather.
 
     Args:
@@ -102,9 +106,10 @@ def sample_sharded(key: Any, logits: Any, params: SamplingParams | None = None, 
         shard, exact bisection for the rows it cannot decide) or `"bisect"`;
         `"sort"` only without `vocab_axis`.
       window: the static candidate count `W`.
-      processors, state: an optional `nucleax.processors.Processor` and its
-        state, applied to the logits first (`processors.apply(state, logits)`);
-        raw log-probabilities are those of the unprocessed logits.
+      processors, state: as `nucleax.sample`: the processors `params`
+        switches on, then `processors`, run on the global logits first (XLA
+        partitions them; the built-in ones need no communication); raw
+        log-probabilities and `top_ids` are those of the unprocessed logits.
 
     Returns:
       int32 `[B]` tokens split over `batch_axis` (a scalar for `[V]` logits),
@@ -120,14 +125,15 @@ def sample_sharded(key: Any, logits: Any, params: SamplingParams | None = None, 
     if not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 0:
         raise ValueError(f"top_n must be an int >= 0, got {top_n!r}")
     layout = _layout(mesh, batch_axis, vocab_axis, method)
+    params, apply, state = _setup(logits, params, processors, state)
     out = _sharded.sample_output(key, logits, params, state, layout, bool(return_logprobs),
-                                 top_n, method, window, processors)
+                                 top_n, method, window, apply)
     return SampleOutput(*out) if isinstance(out, tuple) else out
 
 
 def probs_sharded(logits: Any, params: SamplingParams | None = None, *, mesh: Mesh,
-                  batch_axis: Any = None, vocab_axis: Any = None, method: str = "auto",
-                  window: int = 64, processors: Any = None, state: Any = None) -> jax.Array:
+                  batch_axis: Any = None, vocab_axis: Any = None, processors: Any = None,
+                  state: Any = None, method: str = "auto", window: int = 64) -> jax.Array:
     """`nucleax.probs` on logits split over `mesh`, returned split the same way.
 
     Float32 `[B, V]` (or `[V]`); see `sample_sharded` for the arguments. Each
@@ -135,18 +141,70 @@ def probs_sharded(logits: Any, params: SamplingParams | None = None, *, mesh: Me
     """
     check_method(method, window)
     layout = _layout(mesh, batch_axis, vocab_axis, method)
-    return _sharded.dense_output(logits, params, state, layout, "probs", method, window,
-                                 processors)
+    params, apply, state = _setup(logits, params, processors, state)
+    return _sharded.dense_output(logits, params, state, layout, "probs", method, window, apply)
 
 
 def keep_mask_sharded(logits: Any, params: SamplingParams | None = None, *, mesh: Mesh,
-                      batch_axis: Any = None, vocab_axis: Any = None, method: str = "auto",
-                      window: int = 64, processors: Any = None, state: Any = None) -> jax.Array:
+                      batch_axis: Any = None, vocab_axis: Any = None, processors: Any = None,
+                      state: Any = None, method: str = "auto", window: int = 64) -> jax.Array:
     """`nucleax.keep_mask` on logits split over `mesh`, returned split the same way."""
     check_method(method, window)
     layout = _layout(mesh, batch_axis, vocab_axis, method)
-    return _sharded.dense_output(logits, params, state, layout, "mask", method, window,
-                                 processors)
+    params, apply, state = _setup(logits, params, processors, state)
+    return _sharded.dense_output(logits, params, state, layout, "mask", method, window, apply)
+
+
+# ---------------------------------------------------------------------------
+# The decoding loop on a mesh: the traced bodies `nucleax.decode` calls per step.
+
+
+def layout(mesh: Mesh, batch_axis: Any = None, vocab_axis: Any = None, *,
+           auto: bool = True) -> _sharded.Layout:
+    """A validated, hashable description of a split for `sample_impl` / `dense_impl`.
+
+    With `auto=True` (for a loop whose model XLA partitions, as after
+    `Llama.shard`), the mesh's axes are made automatic, so that the sampler's
+    placements are constraints XLA can propagate.
+    """
+    if auto and isinstance(mesh, Mesh):
+        mesh = Mesh(mesh.devices, mesh.axis_names,
+                    axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
+    return _layout(mesh, batch_axis, vocab_axis, "auto")
+
+
+def sample_impl(key, logits, params, apply, state, return_logprobs, top_n, method, window, *,
+                layout: _sharded.Layout):
+    """`nucleax._sample.sample_impl` on a mesh: the traced body of `sample_sharded`.
+
+    Same arguments (`apply` is the processors' `apply` or None, `params` a
+    checked `SamplingParams`) plus `layout` (from `layout(...)`); no host
+    checks, usable inside any jit (the decoding loop's step).
+    """
+    out = _sharded.sample_output(key, logits, params, state, layout, bool(return_logprobs),
+                                 top_n, method, window, apply)
+    return SampleOutput(*out) if isinstance(out, tuple) else out
+
+
+def dense_impl(logits, params, apply, state, output, method, window, *,
+               layout: _sharded.Layout):
+    """`nucleax._sample.dense_output` on a mesh (`output` "probs" or "mask")."""
+    return _sharded.dense_output(logits, params, state, layout, output, method, window, apply)
+
+
+def shard_model(model: Any, mesh: Mesh, *, batch_axis: str | None = "data",
+                model_axis: str | None = "model") -> Any:
+    """Places a model's weights over `mesh` (`model.shard(...)`, e.g. `nucleax.models.Llama`).
+
+    Raises TypeError for a model without a `shard` method (place its weights
+    yourself; the sampler only needs the logits).
+    """
+    shard = getattr(model, "shard", None)
+    if shard is None:
+        raise TypeError(f"{type(model).__name__} has no shard(mesh, batch_axis=, model_axis=) "
+                        "method; place its weights with jax.device_put and NamedSharding, or use "
+                        "nucleax.models.Llama")
+    return shard(mesh, batch_axis=batch_axis, model_axis=model_axis)
 
 
 # ---------------------------------------------------------------------------
@@ -190,6 +248,9 @@ def collectives(hlo_text: str) -> list[CollectiveOp]:
       ...                   'replica_groups={{0,1,2,3}}, dimensions={1}')
       >>> ops[0].op, ops[0].result_bytes, ops[0].group
       ('all-gather', 128, 4)
+      >>> collectives("%r = f32[2] all-reduce(f32[2] %a), replica_groups=mesh['x'=2,'y'=4] "
+      ...             "{'y'}, to_apply=%add")[0].group
+      4
     """
     out = []
     computation = ""
@@ -203,14 +264,30 @@ def collectives(hlo_text: str) -> list[CollectiveOp]:
             continue
         arrays = _ARRAY.findall(m.group("shape"))
         sizes = [(dt, _count(dims)) for dt, dims in arrays]
-        groups = re.search(r"replica_groups=\{\{([\d,]*)\}", m.group("rest"))
-        iota = re.search(r"replica_groups=\[\d+,(\d+)\]", m.group("rest"))
-        group = len(groups.group(1).split(",")) if groups else int(iota.group(1)) if iota else 1
+        group = _group_size(m.group("rest"))
         scope = re.search(r'op_name="([^"]*)"', m.group("rest"))
         out.append(CollectiveOp(m.group("op"), sum(_BYTES.get(dt, 4) * n for dt, n in sizes),
                                 max((n for _, n in sizes), default=0), group,
                                 scope.group(1) if scope else "", computation))
     return out
+
+
+def _group_size(attrs: str) -> int:
+    """Devices per replica group, from any of XLA's three spellings of `replica_groups`."""
+    listed = re.search(r"replica_groups=\{\{([\d,]*)\}", attrs)
+    if listed:
+        return len(listed.group(1).split(","))
+    iota = re.search(r"replica_groups=\[\d+,(\d+)\]", attrs)
+    if iota:
+        return int(iota.group(1))
+    mesh = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", attrs)
+    if mesh:
+        sizes = dict(re.findall(r"'([^']+)'=(\d+)", mesh.group(1)))
+        n = 1
+        for axis in re.findall(r"'([^']+)'", mesh.group(2)):
+            n *= int(sizes.get(axis, 1))
+        return n
+    return 1
 
 
 def _count(dims: str) -> int:

@@ -11,6 +11,15 @@ row `b` is written to slot `p`, and a query at position `q` attends to slots
 `<= q`. Rows of different lengths therefore need no left padding: a prompt
 padded on the right writes junk past its end, which the row's own generated
 tokens overwrite, in order, before any query can see it.
+
+Tensor parallelism (`Llama.shard`): the fused weights are stored grouped by
+what a device can own whole: q/k/v per KV head (`[kv_heads, (group + 2) *
+head_dim, dim]`, the `group` query heads of a KV head, then its key and
+value), gate/up per hidden unit (`[hidden, 2, dim]`). A model axis then
+splits KV heads (attention, the output projection, the KV cache), hidden
+units (the MLP) and the vocabulary (embedding and head), each where it
+divides; the logits come out split over the vocabulary, as the sharded
+sampler (`nucleax.sharding`) takes them.
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax import lax
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,22 +136,63 @@ def rope(x: jax.Array, positions: jax.Array, base: float, interleaved: bool) -> 
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def _linear(x: jax.Array, w: jax.Array) -> jax.Array:
-    """`x @ w.T` with float32 accumulation (w is `[out, in]`, any float dtype)."""
-    return lax.dot_general(x.astype(w.dtype), w, (((x.ndim - 1,), (1,)), ((), ())),
-                           preferred_element_type=jnp.float32)
+def _linear(x: jax.Array, w: jax.Array, n_in: int = 1) -> jax.Array:
+    """Contracts the last `n_in` axes of `x` with those of `w` (`[*out, *in]`), in float32.
+
+    With a `[out, in]` matrix this is `x @ w.T`.
+    """
+    dims = ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(w.ndim - n_in, w.ndim))),
+            ((), ()))
+    return lax.dot_general(x.astype(w.dtype), w, dims, preferred_element_type=jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a sharded model's arrays live (static: part of the model's graph).
+
+    Attributes:
+      mesh: the mesh, with automatic axes (XLA partitions the model's ops).
+      batch_axis: mesh axis of the batch (rows of tokens, cache, logits), or None.
+      model_axis: mesh axis of the weights, or None.
+      heads, hidden, vocab: whether KV heads, MLP hidden units and the
+        vocabulary are split over `model_axis` (each only where it divides).
+    """
+
+    mesh: Mesh
+    batch_axis: str | None
+    model_axis: str | None
+    heads: bool
+    hidden: bool
+    vocab: bool
+
+    def batch(self, size: int) -> str | None:
+        """The batch axis if `size` rows divide it, else None (rows replicated)."""
+        n = self.mesh.shape[self.batch_axis] if self.batch_axis else 1
+        return self.batch_axis if size % n == 0 else None
+
+    def constrain(self, x: jax.Array, *spec) -> jax.Array:
+        return lax.with_sharding_constraint(x, NamedSharding(self.mesh, P(*spec)))
 
 
 class Block(nnx.Module):
     """One decoder layer's parameters (names as in `LAYER_SHAPES` / `BIAS_SHAPES`)."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], dtype: jnp.dtype):
-        # q/k/v and gate/up are fused into one matrix each: fewer, larger dots.
-        fused = {"wqkv": np.concatenate([arrays["wq"], arrays["wk"], arrays["wv"]]),
-                 "w_gate_up": np.concatenate([arrays["w_gate"], arrays["w_up"]])}
+    def __init__(self, arrays: dict[str, np.ndarray], dtype: jnp.dtype, config: LlamaConfig):
+        # q/k/v and gate/up are fused into one array each (fewer, larger dots),
+        # grouped by KV head and by hidden unit so that a model axis can split them.
+        kv, hd, dim = config.n_kv_heads, config.head_dim, config.dim
+
+        def by_kv_head(q, k, v):  # [kv, (group + 2) * hd, ...]
+            rest = q.shape[1:]
+            return np.concatenate([q.reshape(kv, -1, *rest), k.reshape(kv, hd, *rest),
+                                   v.reshape(kv, hd, *rest)], axis=1)
+
+        fused = {"wqkv": by_kv_head(arrays["wq"], arrays["wk"], arrays["wv"]),
+                 "w_gate_up": np.stack([arrays["w_gate"], arrays["w_up"]], axis=1),
+                 "wo": arrays["wo"].reshape(dim, kv, -1)}
         if "bq" in arrays:
-            fused["bqkv"] = np.concatenate([arrays["bq"], arrays["bk"], arrays["bv"]])
-        for name in ("attn_norm", "ffn_norm", "wo", "w_down"):
+            fused["bqkv"] = by_kv_head(arrays["bq"], arrays["bk"], arrays["bv"])
+        for name in ("attn_norm", "ffn_norm", "w_down"):
             fused[name] = arrays[name]
         for name, arr in fused.items():
             keep_f32 = name.endswith("norm") or name.startswith("b")
@@ -151,16 +203,14 @@ class Block(nnx.Module):
         rows = jnp.arange(b)[:, None]
         group = c.n_heads // c.n_kv_heads
         h = rms_norm(x, self.attn_norm[...], c.norm_eps)
-        qkv = _linear(h, self.wqkv[...])
+        qkv = _linear(h, self.wqkv[...])  # [B, T, kv_heads, (group + 2) * head_dim]
         if c.attn_bias:
             qkv = qkv + self.bqkv[...]
-        nq, nkv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-        q, k, v = qkv[..., :nq], qkv[..., nq:nq + nkv], qkv[..., nq + nkv:]
+        nq = group * c.head_dim
+        q, k, v = qkv[..., :nq], qkv[..., nq:nq + c.head_dim], qkv[..., nq + c.head_dim:]
         q = rope(q.reshape(b, t, c.n_heads, c.head_dim), positions, c.rope_base,
                  c.rope_interleaved)
-        k = rope(k.reshape(b, t, c.n_kv_heads, c.head_dim), positions, c.rope_base,
-                 c.rope_interleaved)
-        v = v.reshape(b, t, c.n_kv_heads, c.head_dim)
+        k = rope(k, positions, c.rope_base, c.rope_interleaved)
         k_all = k_all.at[idx, rows, positions].set(k)
         v_all = v_all.at[idx, rows, positions].set(v)
         keys, values = k_all[idx], v_all[idx]  # [B, S, Hkv, D]
@@ -168,11 +218,11 @@ class Block(nnx.Module):
         scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys) / np.sqrt(c.head_dim)
         scores = jnp.where(visible[:, None, None], scores, -jnp.inf)
         attn = jax.nn.softmax(scores, axis=-1)
-        out = jnp.einsum("bkgts,bskd->btkgd", attn, values).reshape(b, t, -1)
-        x = x + _linear(out, self.wo[...])
+        out = jnp.einsum("bkgts,bskd->btkgd", attn, values).reshape(b, t, c.n_kv_heads, -1)
+        x = x + _linear(out, self.wo[...], 2)
         h = rms_norm(x, self.ffn_norm[...], c.norm_eps)
-        gate_up = _linear(h, self.w_gate_up[...])
-        gate = jax.nn.silu(gate_up[..., :c.hidden_dim]) * gate_up[..., c.hidden_dim:]
+        gate_up = _linear(h, self.w_gate_up[...])  # [B, T, hidden, 2]
+        gate = jax.nn.silu(gate_up[..., 0]) * gate_up[..., 1]
         return x + _linear(gate, self.w_down[...]), k_all, v_all
 
 
@@ -205,13 +255,73 @@ class Llama(nnx.Module):
             self.output = nnx.Param(jnp.asarray(weights["output"], dtype))
         names = list(LAYER_SHAPES) + (list(BIAS_SHAPES) if config.attn_bias else [])
         self.layers = nnx.List([
-            Block({n: np.asarray(weights[n][i]) for n in names}, jnp.dtype(dtype))
+            Block({n: np.asarray(weights[n][i]) for n in names}, jnp.dtype(dtype), config)
             for i in range(config.n_layers)])
+        self.placement = None  # set by `shard`
+
+    def shard(self, mesh: Mesh, *, batch_axis: str | None = "data",
+              model_axis: str | None = "model") -> Llama:
+        """A copy of the model with its weights placed over `mesh` (tensor and data parallel).
+
+        `model_axis` splits KV heads (q/k/v, output projection, KV cache),
+        MLP hidden units and the vocabulary (embedding, output head), each
+        only where its size divides the axis (else that weight is
+        replicated); `batch_axis` splits the rows of tokens, cache and
+        logits. XLA partitions the model's ops from these placements; the
+        logits come out `[B, T, V]` split as `P(batch_axis, None,
+        model_axis)`, ready for `nucleax.sharding.sample_sharded`. The
+        outputs are those of the unsharded model (up to float summation
+        order). The model itself is unchanged.
+
+        Example:
+          >>> mesh = jax.make_mesh((1, 1), ("data", "model"))
+          >>> config = LlamaConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2,
+          ...                      n_kv_heads=1, hidden_dim=32, head_dim=8)
+          >>> model = Llama(config, random_weights(config)).shard(mesh)
+          >>> model.placement.vocab
+          True
+        """
+        names = mesh.axis_names
+        for arg, axis in (("batch_axis", batch_axis), ("model_axis", model_axis)):
+            if axis is not None and axis not in names:
+                raise ValueError(f"{arg} must be None or one of the mesh's axes {names}, "
+                                 f"got {axis!r}")
+        auto = Mesh(mesh.devices, names, axis_types=(AxisType.Auto,) * len(names))
+        m = auto.shape[model_axis] if model_axis else 1
+        c = self.config
+        model = nnx.merge(*nnx.split(self))  # new Variables over the same arrays
+        split = lambda n: model_axis is not None and n % m == 0  # noqa: E731
+        heads, hidden, vocab = split(c.n_kv_heads), split(c.hidden_dim), split(c.vocab_size)
+        h, f, v = (model_axis if on else None for on in (heads, hidden, vocab))
+
+        def put(var, *spec):
+            var.set_value(jax.device_put(var[...], NamedSharding(auto, P(*spec))))
+
+        put(model.embed, v, None)
+        put(model.norm)
+        if not c.tie_embeddings:
+            put(model.output, v, None)
+        for block in model.layers:
+            put(block.wqkv, h, None, None)
+            put(block.wo, None, h, None)
+            put(block.w_gate_up, f, None, None)
+            put(block.w_down, None, f)
+            put(block.attn_norm)
+            put(block.ffn_norm)
+            if c.attn_bias:
+                put(block.bqkv, h, None)
+        model.placement = Placement(auto, batch_axis, model_axis, heads, hidden, vocab)
+        return model
 
     def init_cache(self, batch: int, length: int) -> KVCache:
         c = self.config
         shape = (c.n_layers, batch, length, c.n_kv_heads, c.head_dim)
-        return KVCache(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
+        k, v = jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)
+        where = self.placement
+        if where is not None:
+            spec = (None, where.batch(batch), None, where.model_axis if where.heads else None)
+            k, v = where.constrain(k, *spec), where.constrain(v, *spec)
+        return KVCache(k, v)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array,
                  cache: KVCache) -> tuple[jax.Array, KVCache]:
@@ -225,4 +335,9 @@ class Llama(nnx.Module):
             x, k_all, v_all = block(c, x, positions, k_all, v_all, i, visible)
         x = rms_norm(x, self.norm[...], c.norm_eps)
         head = self.embed[...] if c.tie_embeddings else self.output[...]
-        return _linear(x, head), KVCache(k_all, v_all)
+        logits = _linear(x, head)
+        where = self.placement
+        if where is not None:  # keep the logits split over the vocabulary for the sampler
+            logits = where.constrain(logits, where.batch(logits.shape[0]), None,
+                                     where.model_axis if where.vocab else None)
+        return logits, KVCache(k_all, v_all)
