@@ -13,6 +13,7 @@ speed.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -44,17 +45,26 @@ def _median_s(fn, reps):
 
 
 def measure(batch: int, new_tokens: int, dtype: str, reps: int, params: nx.SamplingParams,
-            path: str | None = None) -> dict:
-    """One row of the benchmark: tokens/s, step times, sampling share, weight floor."""
+            path: str | None = None, processors: bool = False) -> dict:
+    """One row of the benchmark: tokens/s, step times, sampling share, weight floor.
+
+    With `processors`, `serving_set` is switched on over `params`.
+    """
     from ..models import load_gguf
 
     model, tok = load_gguf(path, dtype=jnp.dtype(dtype))
+    if processors:
+        params = params.replace(**serving_set(model.config.vocab_size))
     prompts = [tok.encode(PROMPT)] * batch
     keys = jax.random.split(jax.random.key(0), batch)
     gen_s = _median_s(lambda: generate(model, prompts, params, key=keys,
                                        max_new_tokens=new_tokens).tokens, reps)
     prefill_s = _median_s(lambda: generate(model, prompts, params, key=keys,
                                            max_new_tokens=1).tokens, reps)
+    chain = params.processors() if params.processors_on() else None
+    proc_state = None if chain is None else chain.init(
+        jnp.asarray(prompts, jnp.int32), jnp.full((batch,), len(prompts[0]), jnp.int32),
+        model.config.vocab_size, new_tokens)
     decode_s = (gen_s - prefill_s) / (new_tokens - 1)
 
     graphdef, state = nnx.split(model)
@@ -64,13 +74,15 @@ def measure(batch: int, new_tokens: int, dtype: str, reps: int, params: nx.Sampl
     step = jax.jit(lambda s, t, p, c: nnx.merge(graphdef, s)(t, p, c)[0][:, 0])
     model_s = _median_s(lambda: step(state, tokens, pos, cache), reps * 3)
     logits = step(state, tokens, pos, cache)
-    sampler = jax.jit(lambda k, z, p: nx.sample(k, z, p, return_logprobs=True).tokens)
-    sample_s = _median_s(lambda: sampler(keys, logits, params), reps * 10)
+    sampler = jax.jit(lambda k, z, p, s: nx.sample(k, z, p, state=s,
+                                                    return_logprobs=True).tokens)
+    sample_s = _median_s(lambda: sampler(keys, logits, params, proc_state), reps * 10)
     leaves = jax.tree.leaves(state)
     weight_bytes = sum(x.size * x.dtype.itemsize for x in leaves)
     read_all = jax.jit(lambda s: sum(jnp.sum(x.astype(jnp.float32)) for x in jax.tree.leaves(s)))
     floor_s = _median_s(lambda: read_all(state), reps * 3)
     return {**machine(), "B": batch, "new_tokens": new_tokens, "dtype": dtype,
+            "sampling": label(params), "processors": list(params.processors_on()),
             "tokens_per_s": batch / decode_s, "decode_step_ms": 1e3 * decode_s,
             "prefill_ms": 1e3 * prefill_s, "e2e_tokens_per_s": batch * new_tokens / gen_s,
             "model_step_ms": 1e3 * model_s, "sample_ms": 1e3 * sample_s,
@@ -96,8 +108,19 @@ def add_arguments(ap: argparse.ArgumentParser, *, positive: Callable[[str, int],
     for name, parse in knobs.items():
         ap.add_argument("--" + name.replace("_", "-"), type=parse, default=default[name],
                         help=f"sampling {name} (the `{presets.DEFAULT}` preset's value)")
+    ap.add_argument("--processors", action="store_true",
+                    help="also time each row with the whole serving set of logits processors on "
+                         "(serving_set(): penalties, bias, bans, allowed ids, min tokens, n-grams)")
     ap.add_argument("--json", type=json_file, default=None, metavar="FILE.json",
                     help="also write the records to this file (default: print only)")
+
+
+def serving_set(vocab: int) -> dict[str, Any]:
+    """Every logits processor on, with values a server would use, for a vocabulary of `vocab`."""
+    return {"repetition_penalty": 1.1, "frequency_penalty": 0.2, "presence_penalty": 0.2,
+            "logit_bias": {11: 2.0, 13: -2.0}, "bad_words": [[40, 41], [42]],
+            "allowed_token_ids": list(range(9 * vocab // 10)), "min_tokens": 4,
+            "no_repeat_ngram_size": 3}
 
 
 def _at_least_two(positive: Callable[[str, int], Any]) -> Callable[[str], int]:
@@ -128,20 +151,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"# nucleax decode benchmark, {info['date']}, {info['cpu']} ({info['cores']} cores), "
           f"jax {info['jax']} on {info['backend']}")
     print(f"# sampling: {label(params)}, {args.new_tokens} new tokens, compile excluded")
-    cols = ["B", "dtype", "tok/s", "step_ms", "prefill_ms", "model_ms", "sample_ms",
+    cols = ["B", "dtype", "procs", "tok/s", "step_ms", "prefill_ms", "model_ms", "sample_ms",
             "sampling%", "weights_MB", "read_ms", "B1_bound"]
     print(" ".join(f"{c:>10}" for c in cols))
+    rows = [False, True] if args.processors else [False]
     records = []
-    for dtype in args.dtype:
-        for batch in args.batch:
-            r = measure(batch, args.new_tokens, dtype, args.reps, params, args.model)
-            records.append(r)
-            vals = [batch, dtype, f"{r['tokens_per_s']:.1f}", f"{r['decode_step_ms']:.1f}",
-                    f"{r['prefill_ms']:.1f}", f"{r['model_step_ms']:.1f}",
-                    f"{r['sample_ms']:.2f}", f"{100 * r['sampling_share']:.1f}%",
-                    f"{r['weights_mb']:.0f}", f"{r['weights_read_ms']:.1f}",
-                    f"{r['batch1_bound_tokens_per_s']:.1f}"]
-            print(" ".join(f"{v!s:>10}" for v in vals), flush=True)
+    for dtype, batch, p in itertools.product(args.dtype, args.batch, rows):
+        r = measure(batch, args.new_tokens, dtype, args.reps, params, args.model, p)
+        records.append(r)
+        vals = [batch, dtype, "all" if r["processors"] else "none", f"{r['tokens_per_s']:.1f}",
+                f"{r['decode_step_ms']:.1f}", f"{r['prefill_ms']:.1f}",
+                f"{r['model_step_ms']:.1f}", f"{r['sample_ms']:.2f}",
+                f"{100 * r['sampling_share']:.1f}%", f"{r['weights_mb']:.0f}",
+                f"{r['weights_read_ms']:.1f}", f"{r['batch1_bound_tokens_per_s']:.1f}"]
+        print(" ".join(f"{v!s:>10}" for v in vals), flush=True)
     write_json(records, args.json)
     return 0
 
