@@ -355,6 +355,33 @@ def test_generate_stops_on_a_stop_text_and_says_which(capsys, shared_smollm):
     assert sample["stop_text"] == "." and len(sample["tokens"]) == 2  # stopped on the device
 
 
+def test_text_streams_find_a_stop_text_split_across_tokens():
+    from nucleax.apps._kit import TextStreams
+
+    class Pieces:  # a tokenizer whose token i is the text PIECES[i]
+        PIECES = ["ab", "E", "N", "D", "x", "<eos>"]
+
+        def decode(self, ids):
+            return "".join(self.PIECES[i] for i in ids if self.PIECES[i] != "<eos>")
+
+    rows = TextStreams(Pieces(), 2, stop_texts=["END"], stop_ids=[5])
+    shown = []
+    for step in ([0, 0], [1, 4], [2, 4], [3, 4]):
+        rows.add(np.array(step), np.array([True, True]))
+        shown.append(rows.settled(0))
+    assert shown == ["", "a", "ab", "ab"]  # len("END") - 1 characters held back
+    assert rows.finished[0] and rows.outcome(0) == {
+        "text": "ab", "tokens": [0, 1, 2, 3], "finish_reason": "stop_text", "stop_text": "END"}
+    rows.add(np.array([4, 4]), np.array([False, False]))
+    assert rows.done and rows.outcome(1)["finish_reason"] == "length"
+    eos = TextStreams(Pieces(), 1, stop_ids=[5])
+    eos.add(np.array([0]), np.array([True]))
+    eos.add(np.array([5]), np.array([True]))
+    eos.add(np.array([0]), np.array([False]))
+    assert eos.outcome(0) == {"text": "ab", "tokens": [0, 5], "finish_reason": "stop",
+                              "stop_text": None}
+
+
 def test_stop_sequences_cover_split_spellings(tiny_gguf):
     from nucleax.apps._kit import stop_sequences
     from nucleax.models import load_gguf

@@ -434,7 +434,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     import nucleax as nx
 
-    from .apps._kit import find_stop, prompt_ids
+    from .apps._kit import TextStreams, prompt_ids
     from .decode import stream
 
     values = _generate_params(args)
@@ -447,49 +447,22 @@ def _generate(args: argparse.Namespace) -> int:
     if not args.json:
         _warn(warnings)
     keys = jax.random.split(jax.random.key(args.seed), args.batch)
-    batch = args.batch
-    generated: list[list[int]] = [[] for _ in range(batch)]
-    finished = [False] * batch
-    stop_at: list[tuple[int, int] | None] = [None] * batch
-    hold = max((len(s) for s in stop_texts), default=1) - 1
+    rows = TextStreams(tok, args.batch, stop_texts, tok.stop_ids, params.scalars()["ignore_eos"])
     shown, t_first, steps = "", None, 0
     _status(f"compiling and prefilling {len(ids)} prompt tokens ...")
-    for tokens, live in stream(model, [ids] * batch, params, key=keys,
+    for tokens, live in stream(model, [ids] * args.batch, params, key=keys,
                                max_new_tokens=args.max_new_tokens, stop_ids=tok.stop_ids):
-        tokens, live = np.asarray(tokens), np.asarray(live)
-        for i in range(batch):
-            if live[i] and not finished[i]:
-                generated[i].append(int(tokens[i]))
-                if stop_texts:
-                    stop_at[i] = find_stop(tok.decode(generated[i]), stop_texts)
-                    finished[i] = stop_at[i] is not None
-            elif not live[i]:
-                finished[i] = True
-        if not args.json:
-            text = tok.decode(generated[0])
-            cut = stop_at[0][0] if stop_at[0] else (len(text) if finished[0]
-                                                    else len(text) - hold)
-            now = text[:max(cut, 0)].rstrip("\ufffd")
-            if now.startswith(shown) and len(now) > len(shown):
-                print(now[len(shown):], end="", flush=True)
-                shown = now
+        rows.add(tokens, live)
+        now = rows.settled(0)
+        if not args.json and now.startswith(shown) and len(now) > len(shown):
+            print(now[len(shown):], end="", flush=True)
+            shown = now
         steps += 1
         if steps == 2:  # the first two calls compile prefill and step
             t_first = time.perf_counter()
-        if all(finished):
+        if rows.done:
             break
-    samples = []
-    for i in range(batch):
-        text = tok.decode(generated[i])
-        if stop_at[i]:
-            reason, text = "stop_text", text[:stop_at[i][0]]
-        elif generated[i] and generated[i][-1] in tok.stop_ids and not params.scalars()[
-                "ignore_eos"]:
-            reason = "stop"
-        else:
-            reason = "length"
-        samples.append({"text": text, "tokens": generated[i], "finish_reason": reason,
-                        "stop_text": stop_texts[stop_at[i][1]] if stop_at[i] else None})
+    samples = [rows.outcome(i) for i in range(args.batch)]
     if args.json:
         _dump({"prompt": args.prompt, "chat_template": not args.raw,
                "params": {**params.scalars(), **{k: v for k, v in
@@ -501,14 +474,14 @@ def _generate(args: argparse.Namespace) -> int:
     print(samples[0]["text"][len(shown):])
     if samples[0]["stop_text"] is not None:
         _status(f"sample 0 stopped on the stop text {samples[0]['stop_text']!r}")
-    for i in range(1, batch):
+    for i in range(1, args.batch):
         print(f"\n--- sample {i} ---\n{samples[i]['text']}")
         if samples[i]["stop_text"] is not None:
             _status(f"sample {i} stopped on the stop text {samples[i]['stop_text']!r}")
     if t_first is not None and steps > 2:
-        rate = batch * (steps - 2) / (time.perf_counter() - t_first)
-        _status(f"{sum(map(len, generated))} tokens; decode {rate:.1f} tokens/s at batch "
-                f"{batch}, compilation excluded")
+        rate = args.batch * (steps - 2) / (time.perf_counter() - t_first)
+        _status(f"{sum(len(s['tokens']) for s in samples)} tokens; decode {rate:.1f} tokens/s "
+                f"at batch {args.batch}, compilation excluded")
     return 0
 
 

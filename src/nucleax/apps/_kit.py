@@ -7,6 +7,8 @@
   printable name for every token of the vocabulary.
 - `score_text`: a long text scored in chunks (logits and the next tokens).
 - `stop_sequences`: stop texts as the token-id sequences that spell them.
+- `TextStreams`: the rows of a `decode.stream` as text: stop texts found on
+  the host, the part safe to show while streaming, and each row's outcome.
 - `Progress`: a progress bar on stderr (tqdm: rate and ETA) that prints one
   plain summary line instead when stderr is not a terminal.
 - `rounded`: floats of a JSON-bound structure rounded to 6 significant digits.
@@ -21,8 +23,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-__all__ = ["JSON_DIGITS", "Progress", "forward_logits", "next_token_logits", "prompt_ids",
-           "rounded", "score_text", "stop_sequences", "token_names"]
+__all__ = ["JSON_DIGITS", "Progress", "TextStreams", "find_stop", "forward_logits",
+           "next_token_logits", "prompt_ids", "rounded", "score_text", "stop_sequences",
+           "token_names"]
 
 JSON_DIGITS = 6  # significant digits of every float written as JSON
 
@@ -159,6 +162,67 @@ def find_stop(text: str, stops: Sequence[str]) -> tuple[int, int] | None:
         if pos >= 0 and (best is None or pos < best[0]):
             best = (pos, j)
     return best
+
+
+class TextStreams:
+    """The rows of a `nucleax.decode.stream` as text, with stop texts found on the host.
+
+    Feed every `(tokens, live)` pair to `add`. A row finishes when the device
+    stops it (a stop id, a stop sequence, `max_new_tokens`) or when its text
+    contains one of `stop_texts`; its text then ends before that stop text.
+    `settled(row)` is the text safe to print while streaming: it holds back
+    as many characters as a stop text could still need, and an incomplete
+    UTF-8 character.
+    """
+
+    def __init__(self, tokenizer: Any, batch: int, stop_texts: Sequence[str] = (),
+                 stop_ids: Sequence[int] = (), ignore_eos: bool = False):
+        self.tokenizer, self.stop_texts = tokenizer, list(stop_texts)
+        self.stop_ids = () if ignore_eos else tuple(stop_ids)
+        self.tokens: list[list[int]] = [[] for _ in range(batch)]
+        self.finished = [False] * batch
+        self.stop_at: list[tuple[int, int] | None] = [None] * batch
+        self._hold = max((len(t) for t in self.stop_texts), default=1) - 1
+
+    @property
+    def done(self) -> bool:
+        """True once every row has finished."""
+        return all(self.finished)
+
+    def add(self, tokens: Any, live: Any) -> None:
+        """One step of `stream`: `tokens [B]`, `live [B]`."""
+        tokens, live = np.asarray(tokens), np.asarray(live)
+        for i in range(len(self.tokens)):
+            if not live[i]:
+                self.finished[i] = True
+            elif not self.finished[i]:
+                self.tokens[i].append(int(tokens[i]))
+                if self.stop_texts:
+                    self.stop_at[i] = find_stop(self.text(i), self.stop_texts)
+                    self.finished[i] = self.stop_at[i] is not None
+
+    def text(self, row: int) -> str:
+        """Everything generated in `row` so far, decoded."""
+        return self.tokenizer.decode(self.tokens[row])
+
+    def settled(self, row: int) -> str:
+        """The text of `row` that no later token can change or cut."""
+        text = self.text(row)
+        stop = self.stop_at[row]
+        end = stop[0] if stop else len(text) if self.finished[row] else len(text) - self._hold
+        return text[:max(end, 0)].rstrip("\ufffd")
+
+    def outcome(self, row: int) -> dict[str, Any]:
+        """`text`, `tokens`, `finish_reason` (stop, stop_text, length) and `stop_text`."""
+        text, stop, toks = self.text(row), self.stop_at[row], self.tokens[row]
+        if stop:
+            reason, text = "stop_text", text[:stop[0]]
+        elif toks and toks[-1] in self.stop_ids:
+            reason = "stop"
+        else:
+            reason = "length"
+        return {"text": text, "tokens": toks, "finish_reason": reason,
+                "stop_text": self.stop_texts[stop[1]] if stop else None}
 
 
 class Progress:
