@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -47,6 +48,7 @@ from ._truncation import (
     window_top_k,
 )
 
+_TINY = np.float32(np.finfo(np.float32).tiny)
 EXACT = "nx_exact"  # named scope of the collectives that only the exact fallbacks run
 
 
@@ -73,7 +75,7 @@ class Comm(NamedTuple):
 
     def offset(self):
         """Global id of this shard's first column."""
-        return lax.axis_index(self.vocab) * self.width if self.vocab else 0
+        return lax.axis_index(self.vocab).astype(jnp.int32) * self.width if self.vocab else 0
 
     def anywhere(self, x):
         """True on every device iff `x` is True for some row anywhere on the mesh."""
@@ -136,16 +138,22 @@ def total_mass(r: Prepared, tau, comm: Comm):
     return comm.vsum(jnp.sum(r.exp_weights(r.z, tau), axis=-1))
 
 
+def _mass_limit(r: Prepared, total_k):
+    """`p * total_k`, floored at the smallest normal float32 (as `nucleax._truncation`):
+    a subnormal product, flushed to zero, would otherwise drop the top token too."""
+    return jnp.maximum(r.p * total_k, _TINY)
+
+
 def _bisect_top_k(r: Prepared, comm: Comm):
     keys = ordered_key(r.z)
-    count = lambda t: comm.vsum(jnp.sum(keys > t[:, None], axis=-1))  # noqa: E731
+    count = lambda t: comm.vsum(jnp.sum(keys > t[:, None], axis=-1, dtype=jnp.int32))  # noqa: E731
     return key_to_float(bisect_uint32(lambda t: count(t) < r.k, r.z.shape[0]))
 
 
 def _bisect_top_p(r: Prepared, tau_k, total_k, comm: Comm):
     keys = ordered_key(r.z)
     w = r.exp_weights(r.z, tau_k)
-    limit = r.p * total_k
+    limit = _mass_limit(r, total_k)
 
     def pred(t):
         return comm.vsum(jnp.sum(jnp.where(keys > t[:, None], w, 0.0), axis=-1)) < limit
@@ -166,14 +174,14 @@ def threshold(r: Prepared, method: str, width: int, comm: Comm):
     if method != "bisect":
         width = min(width, vocab)
         wl = min(width, r.z.shape[-1])
-        empty = ((jnp.full((batch, wl), NEG_INF), jnp.zeros((batch, wl), jnp.int32)),
-                 jnp.full((batch, width), NEG_INF))
+        empty = ((jnp.full((batch, wl), NEG_INF, jnp.float32), jnp.zeros((batch, wl), jnp.int32)),
+                 jnp.full((batch, width), NEG_INF, jnp.float32))
         local, vals = lax.cond(comm.anywhere(k_on | p_on), lambda: window(r, width, comm),
                                lambda: empty)
         tau_k, undecided_k = top_k_from_window(r, vals)
     else:
         vals = None
-        tau_k, undecided_k = jnp.full((batch,), NEG_INF), r.k_on
+        tau_k, undecided_k = jnp.full((batch,), NEG_INF, jnp.float32), r.k_on
     tau_k = _fill_in(comm, undecided_k & live, lambda: _bisect_top_k(r, comm), tau_k)
 
     if vals is not None:
@@ -187,12 +195,12 @@ def threshold(r: Prepared, method: str, width: int, comm: Comm):
                            lambda: window_mass)
         tau_p, _ = top_p_from_window(r, vals, tau_k, total_k)
         last = vals[:, -1]
-        undecided_p = (r.p_on & (jnp.cumsum(w, axis=-1)[:, -1] < r.p * total_k)
+        undecided_p = (r.p_on & (jnp.cumsum(w, axis=-1)[:, -1] < _mass_limit(r, total_k))
                        & (last >= tau_k) & (last >= r.tau_m) & (width < vocab))
     else:
         total_k = lax.cond(comm.anywhere(p_on), lambda: total_mass(r, tau_k, comm),
-                           lambda: jnp.ones((batch,)))
-        tau_p, undecided_p = jnp.full((batch,), NEG_INF), r.p_on
+                           lambda: jnp.ones((batch,), jnp.float32))
+        tau_p, undecided_p = jnp.full((batch,), NEG_INF, jnp.float32), r.p_on
     tau_p = _fill_in(comm, undecided_p & live, lambda: _bisect_top_p(r, tau_k, total_k, comm),
                      tau_p)
     return combine(r, tau_k, tau_p), (None if vals is None else (local, vals))
@@ -315,7 +323,8 @@ def dense(r: Prepared, tau, kind: str, comm: Comm):
     top = jnp.where(r.valid, r.zmax, NEG_INF)  # the cleaned row's global maximum
     big = jnp.iinfo(jnp.int32).max
     argmax = comm.vmin(jnp.where(local_max == top, first, big))
-    onehot = (jnp.arange(r.z.shape[-1])[None, :] + comm.offset()) == argmax[:, None]
+    ids = jnp.arange(r.z.shape[-1], dtype=jnp.int32)[None, :] + comm.offset()
+    onehot = ids == argmax[:, None]
     if kind == "mask":
         alive = (r.z >= tau[:, None]) & (r.z > NEG_INF)
         return jnp.where(r.greedy[:, None], onehot, alive)
