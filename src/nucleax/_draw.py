@@ -16,10 +16,15 @@ from jax import lax
 from ._rows import NEG_INF, Prepared, blocks
 
 
+def argmax(z: jax.Array) -> jax.Array:
+    """int32 argmax of each row of `[B, V]` (lowest index among ties), also under x64."""
+    return lax.argmax(z, z.ndim - 1, jnp.int32)
+
+
 def keep_mask(r: Prepared, tau: jax.Array) -> jax.Array:
     """[B, V] bool: the surviving tokens (one-hot argmax for greedy rows)."""
     vocab = r.z.shape[-1]
-    onehot = jnp.arange(vocab)[None, :] == jnp.argmax(r.z, axis=-1)[:, None]
+    onehot = jnp.arange(vocab, dtype=jnp.int32)[None, :] == argmax(r.z)[:, None]
     alive = (r.z >= tau[:, None]) & (r.z > NEG_INF)
     return jnp.where(r.greedy[:, None], onehot, alive)
 
@@ -28,7 +33,7 @@ def dense_probs(r: Prepared, tau: jax.Array) -> jax.Array:
     """[B, V] float32: the distribution sampled from."""
     w = r.exp_weights(r.z, tau)
     w = w / jnp.sum(w, axis=-1, keepdims=True)
-    onehot = jax.nn.one_hot(jnp.argmax(r.z, axis=-1), r.z.shape[-1], dtype=jnp.float32)
+    onehot = jax.nn.one_hot(argmax(r.z), r.z.shape[-1], dtype=jnp.float32)
     return jnp.where(r.greedy[:, None], onehot, w)
 
 
@@ -48,7 +53,7 @@ def _block_size(vocab: int) -> int:
 def _first_crossing(cum: jax.Array, w: jax.Array, target: jax.Array) -> jax.Array:
     """First i with cum_i > target and w_i > 0; else the last i with w_i > 0."""
     n = cum.shape[-1]
-    idx = jnp.arange(n)
+    idx = jnp.arange(n, dtype=jnp.int32)
     hit = (cum > target[:, None]) & (w > 0)
     first = jnp.min(jnp.where(hit, idx, n), axis=-1)
     last = jnp.max(jnp.where(w > 0, idx, -1), axis=-1)
@@ -75,7 +80,7 @@ def draw(r: Prepared, tau: jax.Array, u: jax.Array,
     # Greedy rows draw with u = 0 from the tokens at the row max: the first of
     # them, i.e. the argmax with the lowest index (no separate argmax pass).
     tau = jnp.where(r.greedy, r.zmax, tau)
-    u = jnp.where(r.greedy, 0.0, u)
+    u = jnp.where(r.greedy, jnp.float32(0.0), jnp.asarray(u, jnp.float32))
     if window is None:
         return _draw_blocks(r, tau, u)
     vals, ids = window
@@ -85,9 +90,8 @@ def draw(r: Prepared, tau: jax.Array, u: jax.Array,
 
 
 def _draw_window(r: Prepared, tau, u, vals, ids) -> tuple[jax.Array, jax.Array]:
-    order = jnp.argsort(ids, axis=-1)
-    ids = jnp.take_along_axis(ids, order, axis=-1)
-    w = r.exp_weights(jnp.take_along_axis(vals, order, axis=-1), tau)
+    ids, vals = lax.sort((ids, vals), dimension=-1, num_keys=1)  # vocabulary order
+    w = r.exp_weights(vals, tau)
     total = jnp.sum(w, axis=-1)
     j = _first_crossing(jnp.cumsum(w, axis=-1), w, u * total)
     return jnp.take_along_axis(ids, j[:, None], axis=-1)[:, 0].astype(jnp.int32), total

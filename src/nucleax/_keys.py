@@ -33,7 +33,7 @@ def row_keys(key: Any, batch: int, rows: str) -> jax.Array:
         raise TypeError("key must be a jax PRNG key (jax.random.key(seed)) or a raw uint32 "
                         f"key (jax.random.PRNGKey(seed)), got dtype {key.dtype}")
     if single:
-        return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))
+        return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch, dtype=jnp.int32))
     if many:
         return key
     want = "() or [B]" if typed else "[2] or [B, 2]"

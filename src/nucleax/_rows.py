@@ -14,8 +14,25 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 NEG_INF = -jnp.inf  # the one masking constant: masked logits are -inf
+
+# float32 constants: Python floats would become float64 under jax_enable_x64.
+_NEG_INF32 = np.float32(-np.inf)
+_ZERO32 = np.float32(0.0)
+_FLT_MAX = np.float32(np.finfo(np.float32).max)
+_TINY32 = np.float32(np.finfo(np.float32).tiny)  # smallest normal float32, 1.2e-38
+_HUGE_T = np.float32(2.0**100)  # above this T, `x - zmax` is computed on halved values
+
+
+def flush_subnormal(x: jax.Array) -> jax.Array:
+    """0 where `|x|` is below the smallest normal float32 (subnormals, -0.0); NaN stays NaN.
+
+    CPUs flush subnormals to zero in arithmetic and comparisons (XLA sets
+    flush-to-zero); doing it explicitly gives the same answer on every platform.
+    """
+    return jnp.where(jnp.abs(x) >= _TINY32, x, jnp.where(jnp.isnan(x), x, _ZERO32))
 
 
 def as_batch(logits: Any, name: str = "logits") -> tuple[jax.Array, bool]:
@@ -39,7 +56,10 @@ class Prepared:
     """The cleaned logits and the decoded per-row parameters, computed once per call.
 
     Every later stage (truncation thresholds, the draw, the dense outputs)
-    reads its inputs from here.
+    reads its inputs from here, and every weight of a token goes through one
+    function, `log_weights` (`exp_weights` is its exponential).
+
+    All arrays are float32 / int32 / bool whatever `jax_enable_x64` says.
     """
 
     def __init__(self, logits: jax.Array, t: jax.Array, k: jax.Array, p: jax.Array,
@@ -47,38 +67,71 @@ class Prepared:
         """`logits` is `[B, V]` float32, not yet cleaned; `t, k, p, m` are `[B]`.
 
         Cleaning: NaN counts as -inf; a row holding +inf is uniform over its
-        +inf tokens; -0.0 becomes +0.0 (so ties compare equal bit for bit).
-        It is derived from one max pass, and the cleaned row is elementwise so
-        that XLA can fuse it into each consumer.
+        +inf tokens; subnormal values (|z| < 1.2e-38) and -0.0 become +0.0,
+        as CPU arithmetic flushes them, but on every platform and bit for bit
+        (so ties compare equal). It is derived from one max pass, and the
+        cleaned row is elementwise so that XLA can fuse it into each consumer.
+
+        Parameters (traced values are not validated; these are the fallbacks):
+        subnormal values count as 0, like subnormal logits. `t` NaN, negative
+        or 0 is greedy; `t = +inf` is uniform over the top-k
+        survivors (every token is then equally probable, so top-p and min-p,
+        which keep ties, keep them all). `k` outside `[1, V)` is off. `p >= 1`
+        is off; `p <= 0` or NaN keeps the most probable token(s). `m` NaN or
+        `<= 0` is off, `m >= 1` keeps the most probable token(s).
         """
-        no_nan = jnp.where(jnp.isnan(logits), NEG_INF, logits)
+        logits = jnp.asarray(logits, jnp.float32)
+        t, p, m = (flush_subnormal(jnp.asarray(x, jnp.float32)) for x in (t, p, m))
+        k = jnp.asarray(k, jnp.int32)
+        no_nan = jnp.where(jnp.abs(logits) >= _TINY32, logits,
+                           jnp.where(jnp.isnan(logits), _NEG_INF32, _ZERO32))
         top = jnp.max(no_nan, axis=-1)
         self.valid = top > NEG_INF  # False: no finite (or +inf) logit in the row
         has_inf = top == jnp.inf
-        self.z = jnp.where(has_inf[:, None], jnp.where(no_nan == jnp.inf, 0.0, NEG_INF),
-                           no_nan) + 0.0
-        self.zmax = jnp.where(self.valid & ~has_inf, top, 0.0)
+        self.z = jnp.where(has_inf[:, None], jnp.where(no_nan == jnp.inf, _ZERO32, _NEG_INF32),
+                           no_nan)
+        self.zmax = jnp.where(self.valid & ~has_inf, top, _ZERO32)
         self.greedy = ~(t > 0) | ~self.valid  # T = 0, NaN, negative, or nothing finite
-        self.t = jnp.where(self.greedy, 1.0, t)  # safe temperature (+inf allowed)
-        z = self.z
-        vocab = z.shape[-1]
+        self.t = jnp.where(self.greedy, jnp.float32(1.0), t)  # safe temperature (+inf allowed)
+        self.uniform = self.t == jnp.inf  # T = +inf: every token alive weighs exp(0) = 1
+        # Rows with a huge T halve their logits before subtracting, so that
+        # `x - zmax` cannot overflow (a row may span up to 2 * 3.4e38) while
+        # `(x - zmax) / T` is finite. Halving is exact there; other rows use 1.
+        self._scale = jnp.where(self.t > _HUGE_T, jnp.float32(0.5), jnp.float32(1.0))
+        self._zmax_s = self.zmax * self._scale
+        self._t_s = self.t * self._scale
+        vocab = self.z.shape[-1]
         self.k = k
         self.k_on = (k > 0) & (k < vocab)
-        self.p = p
-        self.p_on = ~(p >= 1)  # NaN counts as on (keeps the top token only)
+        self.p = jnp.where(p > 0, p, _ZERO32)  # NaN and <= 0 keep the top token(s)
+        self.p_on = ~(p >= 1) & ~self.uniform
         self.m = m
-        # min-p: q_x >= m max(q)  <=>  (z_x - zmax) / T >= log(m)
+        # min-p: q_x >= m max(q)  <=>  (x - zmax) / T >= log(m)  <=>  x >= zmax + T log(m)
         log_m = jnp.log(jnp.clip(m, 0.0, 1.0))
-        tau_m = jnp.where(m >= 1, self.zmax, self.zmax + self.t * log_m)
-        self.tau_m = jnp.where(m > 0, tau_m, NEG_INF)
+        tau_m = (self._zmax_s + self._t_s * log_m) / self._scale
+        tau_m = jnp.where(m >= 1, self.zmax, tau_m)  # T * log(1) is NaN for T = inf
+        self.tau_m = jnp.where((m > 0) & ~self.uniform, tau_m, _NEG_INF32)
+
+    def log_weights(self, x: jax.Array, tau: jax.Array) -> jax.Array:
+        """`(x - zmax) / T` where x survives (`x >= tau` and `x > -inf`), else -inf.
+
+        The one weight function of every path (thresholds, draw, dense outputs,
+        log-probabilities): the log of a token's unnormalised probability.
+        Never NaN: `T = +inf` gives 0 to every survivor (uniform), tiny `T`
+        gives -inf below the row max and 0 at it, and a huge `T` cannot
+        overflow `x - zmax`. `x` is `[B, ...]` (logits of the cleaned rows or
+        padding at -inf), `tau` is `[B]`.
+        """
+        extra = (1,) * (x.ndim - 1)
+        scale = self._scale.reshape(-1, *extra)
+        zmax = self._zmax_s.reshape(-1, *extra)
+        t = self._t_s.reshape(-1, *extra)
+        tau = jnp.maximum(jnp.asarray(tau, jnp.float32), -_FLT_MAX).reshape(-1, *extra)
+        return jnp.where(x >= tau, (x * scale - zmax) / t, _NEG_INF32)
 
     def exp_weights(self, x: jax.Array, tau: jax.Array) -> jax.Array:
-        """exp((x - zmax) / T) where x >= tau, else 0 (x is [B, ...])."""
-        extra = (1,) * (x.ndim - 1)
-        zmax = self.zmax.reshape(-1, *extra)
-        t = self.t.reshape(-1, *extra)
-        tau = tau.reshape(-1, *extra)
-        return jnp.where(x >= tau, jnp.exp((x - zmax) / t), 0.0)
+        """`exp(log_weights(x, tau))`: `exp((x - zmax) / T)` for survivors, else 0."""
+        return jnp.exp(self.log_weights(x, tau))
 
 
 def blocks(x: jax.Array, size: int, fill: float) -> jax.Array:
@@ -86,5 +139,5 @@ def blocks(x: jax.Array, size: int, fill: float) -> jax.Array:
     b, v = x.shape
     nb = -(-v // size)
     if nb * size != v:
-        x = jnp.pad(x, ((0, 0), (0, nb * size - v)), constant_values=fill)
+        x = jnp.pad(x, ((0, 0), (0, nb * size - v)), constant_values=np.asarray(fill, x.dtype))
     return x.reshape(b, nb, size)

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ._rows import NEG_INF, Prepared, blocks
 
 METHODS = ("auto", "fast", "bisect", "sort")
 _WINDOW_BLOCK = 16  # block width for locating the window (best of 8..128 on a 2-core CPU)
+_TINY = np.float32(np.finfo(np.float32).tiny)  # smallest normal float32
 
 
 def top_k_from_window(r: Prepared, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -63,8 +65,8 @@ def top_p_from_window(r: Prepared, vals: jax.Array, tau_k: jax.Array,
     w = r.exp_weights(vals, tau_k)
     inclusive = jnp.cumsum(w, axis=-1)
     exclusive = jnp.concatenate([jnp.zeros_like(inclusive[:, :1]), inclusive[:, :-1]], axis=-1)
-    limit = r.p * total_k
-    n = jnp.maximum(jnp.sum(exclusive < limit[:, None], axis=-1), 1)
+    limit = mass_limit(r, total_k)
+    n = jnp.maximum(jnp.sum(exclusive < limit[:, None], axis=-1, dtype=jnp.int32), 1)
     tau_p = jnp.take_along_axis(vals, (n - 1)[:, None], axis=-1)[:, 0]
     tau_p = jnp.where(r.p_on, tau_p, NEG_INF)
     last = vals[:, -1]
@@ -73,15 +75,29 @@ def top_p_from_window(r: Prepared, vals: jax.Array, tau_k: jax.Array,
     return tau_p, undecided
 
 
+def mass_limit(r: Prepared, total_k: jax.Array) -> jax.Array:
+    """`p * total_k`: the mass above a top-p survivor must be strictly below this.
+
+    Floored at the smallest normal float32, so that a subnormal product (a tiny
+    `p`, which the CPU flushes to zero) still lets the most probable token
+    through: its own mass-above is 0, and every other token's is at least the
+    top token's weight, 1.
+    """
+    return jnp.maximum(r.p * total_k, _TINY)
+
+
 def total_mass(r: Prepared, tau: jax.Array) -> jax.Array:
     """Sum over the whole row of exp((z - zmax)/T) for z >= tau."""
     return jnp.sum(r.exp_weights(r.z, tau), axis=-1)
 
 
 def combine(r: Prepared, tau_k: jax.Array, tau_p: jax.Array) -> jax.Array:
-    """Final threshold: intersection of the three masks; the top token survives."""
+    """Final threshold: intersection of the three masks; the top token survives.
+
+    A threshold above the row max, or NaN, becomes the row max.
+    """
     tau = jnp.maximum(jnp.maximum(tau_k, tau_p), r.tau_m)
-    return jnp.minimum(tau, r.zmax)
+    return jnp.where(tau <= r.zmax, tau, r.zmax)
 
 
 def bisect_uint32(pred, batch: int) -> jax.Array:
@@ -89,13 +105,14 @@ def bisect_uint32(pred, batch: int) -> jax.Array:
     lo = jnp.zeros((batch,), jnp.uint32)
     hi = jnp.full((batch,), 0xFFFFFFFF, jnp.uint32)
 
-    def body(_, carry):
+    def body(carry, _):
         lo, hi = carry
         mid = lo + (hi - lo) // 2
         ok = pred(mid)
-        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+        return (jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)), None
 
-    return lax.fori_loop(0, 32, body, (lo, hi))[1]
+    # 32 halvings of [0, 2**32): a scan with no loop counter (no int64 under x64)
+    return lax.scan(body, (lo, hi), None, length=32)[0][1]
 
 
 def ordered_key(x: jax.Array) -> jax.Array:
@@ -161,7 +178,8 @@ def window_top_k(z: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
 def _bisect_top_k(r: Prepared) -> jax.Array:
     """k-th largest value: smallest t with #{z > t} < k."""
     keys = ordered_key(r.z)
-    t = bisect_uint32(lambda t: jnp.sum(keys > t[:, None], axis=-1) < r.k, r.z.shape[0])
+    t = bisect_uint32(lambda t: jnp.sum(keys > t[:, None], axis=-1, dtype=jnp.int32) < r.k,
+                      r.z.shape[0])
     return key_to_float(t)
 
 
@@ -169,7 +187,7 @@ def _bisect_top_p(r: Prepared, tau_k: jax.Array, total_k: jax.Array) -> jax.Arra
     """Smallest t with mass{z > t} < p (mass renormalised over top-k)."""
     keys = ordered_key(r.z)
     w = r.exp_weights(r.z, tau_k)
-    limit = r.p * total_k
+    limit = mass_limit(r, total_k)
 
     def pred(t):
         return jnp.sum(jnp.where(keys > t[:, None], w, 0.0), axis=-1) < limit
@@ -190,12 +208,12 @@ def _window_threshold(r: Prepared, width: int) -> jax.Array:
     if width > 0:
         width = min(width, vocab)
         vals, ids = lax.cond(jnp.any(k_on | p_on), lambda z: window_top_k(z, width),
-                             lambda z: (jnp.full((batch, width), NEG_INF),
+                             lambda z: (jnp.full((batch, width), NEG_INF, jnp.float32),
                                         jnp.zeros((batch, width), jnp.int32)), r.z)
         tau_k, undecided_k = top_k_from_window(r, vals)
     else:
         vals = None
-        tau_k, undecided_k = jnp.full((batch,), NEG_INF), r.k_on
+        tau_k, undecided_k = jnp.full((batch,), NEG_INF, jnp.float32), r.k_on
     tau_k = _fill_in(undecided_k & live, lambda: _bisect_top_k(r), tau_k)
 
     if vals is not None:
@@ -207,7 +225,7 @@ def _window_threshold(r: Prepared, width: int) -> jax.Array:
         tau_p, undecided_p = top_p_from_window(r, vals, tau_k, total_k)
     else:
         total_k = lax.cond(jnp.any(p_on), lambda: total_mass(r, tau_k),
-                           lambda: jnp.ones((batch,)))
-        tau_p, undecided_p = jnp.full((batch,), NEG_INF), r.p_on
+                           lambda: jnp.ones((batch,), jnp.float32))
+        tau_p, undecided_p = jnp.full((batch,), NEG_INF, jnp.float32), r.p_on
     tau_p = _fill_in(undecided_p & live, lambda: _bisect_top_p(r, tau_k, total_k), tau_p)
     return combine(r, tau_k, tau_p), (None if vals is None else (vals, ids))

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._draw import keep_mask
+from ._draw import argmax, keep_mask
 from ._params import SamplingParams
 from ._rows import NEG_INF, Prepared, as_batch
 from ._truncation import check_method, threshold
@@ -82,9 +82,9 @@ def mask_min_p(logits: Any, m: Any, *, method: str = "auto", window: int = 64) -
 def _temperature(logits, params):
     z, single = as_batch(logits)
     r = Prepared(z, *params.rows(z.shape[0]))
-    scaled = (r.z - r.zmax[:, None]) / r.t[:, None]
-    onehot = jnp.arange(z.shape[-1])[None, :] == jnp.argmax(r.z, axis=-1)[:, None]
-    out = jnp.where(r.greedy[:, None], jnp.where(onehot, 0.0, NEG_INF), scaled)
+    scaled = r.log_weights(r.z, jnp.full(r.zmax.shape, NEG_INF, jnp.float32))
+    onehot = jnp.arange(z.shape[-1], dtype=jnp.int32)[None, :] == argmax(r.z)[:, None]
+    out = jnp.where(r.greedy[:, None], jnp.where(onehot, jnp.float32(0.0), NEG_INF), scaled)
     return out[0] if single else out
 
 
@@ -92,7 +92,8 @@ def scale_temperature(logits: Any, temperature: Any) -> jax.Array:
     """`(z - max z) / T` in float32; `T = 0` leaves only the argmax (at 0).
 
     Subtracting the row maximum first keeps tiny temperatures finite; it does
-    not change `softmax`. `-inf` stays `-inf`.
+    not change `softmax`. `-inf` stays `-inf`; a traced `T = +inf` gives 0 to
+    every finite logit (uniform), never NaN.
 
     Example:
       >>> import jax.numpy as jnp
@@ -109,5 +110,5 @@ def greedy(logits: Any) -> jax.Array:
     """
     z, single = as_batch(logits)
     z = jnp.where(jnp.isnan(z), NEG_INF, z)  # +inf, if any, wins as in `sample`
-    out = jnp.argmax(z, axis=-1).astype(jnp.int32)
+    out = argmax(z)
     return out[0] if single else out
