@@ -299,7 +299,7 @@ def test_decoding_loop_on_a_mesh_equals_one_device():
     sharded = model.shard(mesh)
     assert model.placement is None  # shard returns a copy
     assert sharded.placement.heads and sharded.placement.hidden and sharded.placement.vocab
-    assert sharded.layers[0].wqkv[...].sharding.spec == P("model", None, None)
+    assert sharded.layers[0].wqkv[...].sharding.spec == P("model", None)
     got = sl.decode(sharded, prompt, params, key, 6, layout=sharding.layout(mesh, "data", "model"))
     want = sl.decode(model, prompt, params, key, 6)
     np.testing.assert_array_equal(got, want)

@@ -12,14 +12,15 @@ row `b` is written to slot `p`, and a query at position `q` attends to slots
 padded on the right writes junk past its end, which the row's own generated
 tokens overwrite, in order, before any query can see it.
 
-Tensor parallelism (`Llama.shard`): the fused weights are stored grouped by
-what a device can own whole: q/k/v per KV head (`[kv_heads, (group + 2) *
-head_dim, dim]`, the `group` query heads of a KV head, then its key and
-value), gate/up per hidden unit (`[hidden, 2, dim]`). A model axis then
-splits KV heads (attention, the output projection, the KV cache), hidden
-units (the MLP) and the vocabulary (embedding and head), each where it
+Tensor parallelism (`Llama.shard`): the rows of the fused matrices are
+ordered by what a device can own whole: q/k/v by KV head (the `group` query
+heads of a KV head, then its key, then its value), gate/up by hidden unit
+(its gate row, then its up row). A model axis then splits KV heads (q/k/v,
+the output projection, the KV cache), hidden units (the MLP) and the
+vocabulary (embedding and head) into contiguous row blocks, each where it
 divides; the logits come out split over the vocabulary, as the sharded
-sampler (`nucleax.sharding`) takes them.
+sampler (`nucleax.sharding`) takes them. The matrices stay 2-D, so the
+one-device dots are those of the plain layout.
 """
 
 from __future__ import annotations
@@ -136,14 +137,10 @@ def rope(x: jax.Array, positions: jax.Array, base: float, interleaved: bool) -> 
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def _linear(x: jax.Array, w: jax.Array, n_in: int = 1) -> jax.Array:
-    """Contracts the last `n_in` axes of `x` with those of `w` (`[*out, *in]`), in float32.
-
-    With a `[out, in]` matrix this is `x @ w.T`.
-    """
-    dims = ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(w.ndim - n_in, w.ndim))),
-            ((), ()))
-    return lax.dot_general(x.astype(w.dtype), w, dims, preferred_element_type=jnp.float32)
+def _linear(x: jax.Array, w: jax.Array) -> jax.Array:
+    """`x @ w.T` with float32 accumulation (w is `[out, in]`, any float dtype)."""
+    return lax.dot_general(x.astype(w.dtype), w, (((x.ndim - 1,), (1,)), ((), ())),
+                           preferred_element_type=jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,21 +175,22 @@ class Block(nnx.Module):
     """One decoder layer's parameters (names as in `LAYER_SHAPES` / `BIAS_SHAPES`)."""
 
     def __init__(self, arrays: dict[str, np.ndarray], dtype: jnp.dtype, config: LlamaConfig):
-        # q/k/v and gate/up are fused into one array each (fewer, larger dots),
-        # grouped by KV head and by hidden unit so that a model axis can split them.
-        kv, hd, dim = config.n_kv_heads, config.head_dim, config.dim
+        # q/k/v and gate/up are fused into one matrix each (fewer, larger dots),
+        # rows ordered by KV head and by hidden unit so that a model axis can split them.
+        kv, hd = config.n_kv_heads, config.head_dim
 
-        def by_kv_head(q, k, v):  # [kv, (group + 2) * hd, ...]
+        def by_kv_head(q, k, v):  # rows: per KV head, its query heads, its key, its value
             rest = q.shape[1:]
-            return np.concatenate([q.reshape(kv, -1, *rest), k.reshape(kv, hd, *rest),
-                                   v.reshape(kv, hd, *rest)], axis=1)
+            grouped = np.concatenate([q.reshape(kv, -1, *rest), k.reshape(kv, hd, *rest),
+                                      v.reshape(kv, hd, *rest)], axis=1)
+            return grouped.reshape(-1, *rest)
 
         fused = {"wqkv": by_kv_head(arrays["wq"], arrays["wk"], arrays["wv"]),
-                 "w_gate_up": np.stack([arrays["w_gate"], arrays["w_up"]], axis=1),
-                 "wo": arrays["wo"].reshape(dim, kv, -1)}
+                 "w_gate_up": np.stack([arrays["w_gate"], arrays["w_up"]], axis=1)
+                 .reshape(2 * config.hidden_dim, config.dim)}  # rows: gate_i, up_i, ...
         if "bq" in arrays:
             fused["bqkv"] = by_kv_head(arrays["bq"], arrays["bk"], arrays["bv"])
-        for name in ("attn_norm", "ffn_norm", "w_down"):
+        for name in ("attn_norm", "ffn_norm", "wo", "w_down"):
             fused[name] = arrays[name]
         for name, arr in fused.items():
             keep_f32 = name.endswith("norm") or name.startswith("b")
@@ -203,9 +201,10 @@ class Block(nnx.Module):
         rows = jnp.arange(b)[:, None]
         group = c.n_heads // c.n_kv_heads
         h = rms_norm(x, self.attn_norm[...], c.norm_eps)
-        qkv = _linear(h, self.wqkv[...])  # [B, T, kv_heads, (group + 2) * head_dim]
+        qkv = _linear(h, self.wqkv[...])
         if c.attn_bias:
             qkv = qkv + self.bqkv[...]
+        qkv = qkv.reshape(b, t, c.n_kv_heads, -1)  # per KV head: group queries, key, value
         nq = group * c.head_dim
         q, k, v = qkv[..., :nq], qkv[..., nq:nq + c.head_dim], qkv[..., nq + c.head_dim:]
         q = rope(q.reshape(b, t, c.n_heads, c.head_dim), positions, c.rope_base,
@@ -218,10 +217,10 @@ class Block(nnx.Module):
         scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys) / np.sqrt(c.head_dim)
         scores = jnp.where(visible[:, None, None], scores, -jnp.inf)
         attn = jax.nn.softmax(scores, axis=-1)
-        out = jnp.einsum("bkgts,bskd->btkgd", attn, values).reshape(b, t, c.n_kv_heads, -1)
-        x = x + _linear(out, self.wo[...], 2)
+        out = jnp.einsum("bkgts,bskd->btkgd", attn, values).reshape(b, t, -1)
+        x = x + _linear(out, self.wo[...])
         h = rms_norm(x, self.ffn_norm[...], c.norm_eps)
-        gate_up = _linear(h, self.w_gate_up[...])  # [B, T, hidden, 2]
+        gate_up = _linear(h, self.w_gate_up[...]).reshape(b, t, c.hidden_dim, 2)
         gate = jax.nn.silu(gate_up[..., 0]) * gate_up[..., 1]
         return x + _linear(gate, self.w_down[...]), k_all, v_all
 
@@ -302,14 +301,14 @@ class Llama(nnx.Module):
         if not c.tie_embeddings:
             put(model.output, v, None)
         for block in model.layers:
-            put(block.wqkv, h, None, None)
-            put(block.wo, None, h, None)
-            put(block.w_gate_up, f, None, None)
+            put(block.wqkv, h, None)  # rows: whole KV-head groups per device
+            put(block.wo, None, h)  # columns: the same heads
+            put(block.w_gate_up, f, None)  # rows: whole hidden units per device
             put(block.w_down, None, f)
             put(block.attn_norm)
             put(block.ffn_norm)
             if c.attn_bias:
-                put(block.bqkv, h, None)
+                put(block.bqkv, h)
         model.placement = Placement(auto, batch_axis, model_axis, heads, hidden, vocab)
         return model
 
