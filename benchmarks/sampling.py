@@ -3,7 +3,7 @@ installed `nucleax bench sampling` runs it too. Options: `--help`."""
 
 import sys
 
-from nucleax.bench import main
+from nucleax.apps.bench import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
