@@ -419,9 +419,7 @@ def test_smollm2_never_says_a_banned_word():
     from smollm import smollm
 
     model, tok = smollm()
-    text = tok.apply_chat_template([{"role": "user",
-                                     "content": "What is the capital of France? One word."}])
-    prompt = tok.encode(text)
+    prompt = tok.encode("The capital of France is")
     keys = jax.random.split(jax.random.key(0), 200)
     free = decode.generate(model, [prompt] * 200, nx.SamplingParams(temperature=1.0), key=keys,
                            max_new_tokens=4, stop_ids=tok.stop_ids)
