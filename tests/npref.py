@@ -182,6 +182,20 @@ def reference_full(z, temperature, top_k=0, top_p=1.0, min_p=0.0):
     return alive, softmax64(s, alive)
 
 
+def reference_logprobs(z, temperature, top_k=0, top_p=1.0, min_p=0.0):
+    """log of `reference_full`'s probabilities, in log space: `s - logsumexp(s)` over the
+    survivors (finite where the probability underflows, -inf outside the survivors)."""
+    alive, probs = reference_full(z, temperature, top_k, top_p, min_p)
+    z = clean_row(z)
+    greedy, t, k, p, m = effective_params(temperature, top_k, top_p, min_p, z.size)
+    if greedy or not np.any(z > -np.inf):
+        with np.errstate(divide="ignore"):
+            return np.log(probs)
+    s = np.where(alive, (z - np.max(z)) / t if t < np.inf else 0.0, -np.inf)
+    top = np.max(s)
+    return s - (top + np.log(np.sum(np.exp(s - top))))
+
+
 def near_boundary(z, temperature, top_k=0, top_p=1.0, min_p=0.0, *, p_tol=5e-5, m_tol=4.0):
     """Why float32 rounding may legitimately decide a top-p or min-p boundary ("" if not).
 

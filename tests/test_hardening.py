@@ -337,3 +337,14 @@ def test_a_number_in_place_of_params_names_the_fix():
         nx.sample(jax.random.key(0), z, 0.5)
     with pytest.raises(TypeError, match=r"params must be a nucleax\.SamplingParams, got float"):
         nx.probs(z, 0.5)
+
+
+def test_numpy_int_window_and_bad_method():
+    z = np.random.default_rng(7).normal(size=(2, 300)).astype(np.float32)
+    params = nx.SamplingParams(top_p=0.9)
+    np.testing.assert_array_equal(nx.probs(z, params, window=np.int64(8)),
+                                  nx.probs(z, params, window=8))
+    with pytest.raises(ValueError, match=r"window must be a positive int .*got True"):
+        nx.probs(z, params, window=True)
+    with pytest.raises(ValueError, match=r"method must be one of .*got \['sort'\]"):
+        nx.probs(z, params, method=["sort"])

@@ -26,6 +26,8 @@ so the same surviving set and, with the shared sampler, the same token.
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -128,9 +130,11 @@ def key_to_float(key: jax.Array) -> jax.Array:
 
 
 def check_method(method: str, window: int) -> None:
-    if method not in METHODS:
+    """Host checks of the static `method` and `window` (a Python or NumPy int >= 1)."""
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+    if not isinstance(window, numbers.Integral) or isinstance(window, bool | np.bool_) or (
+            window < 1):
         raise ValueError(
             f"window must be a positive int (a static candidate count), got {window!r}")
 
