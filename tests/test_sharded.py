@@ -153,6 +153,46 @@ def test_sample_and_probs_equal_one_device(shape):
     assert np.flatnonzero(mask[7]).tolist() == [3, 500, 998]
 
 
+def _random_rows(rng, vocab, batch):
+    """Random rows and per-row parameters (narrow and wide nuclei, ties, bans), away from
+    float32 boundaries."""
+    rows, settings = [], []
+    while len(rows) < batch:
+        kind = rng.integers(4)
+        if kind == 0:  # ties everywhere
+            z = np.round(rng.normal(0, 2, vocab) * 2) / 2
+        elif kind == 1:  # peaked, LLM-like
+            z = -1.3 * np.log(rng.permutation(vocab) + 1.0) + rng.normal(0, 0.3, vocab)
+        else:
+            z = rng.normal(0, [0.05, 3.0][kind - 2], vocab)
+        if rng.random() < 0.3:  # banned tokens
+            z[rng.choice(vocab, vocab // 3, replace=False)] = -np.inf
+        z = z.astype(np.float32)
+        t = float(rng.choice([0.0, rng.uniform(0.1, 2.0), rng.uniform(0.1, 2.0)]))
+        k = int(rng.choice([0, 1, rng.integers(1, 64), rng.integers(64, vocab)]))
+        p = float(rng.choice([1.0, rng.uniform(0.05, 0.99), 0.99]))
+        m = float(rng.choice([0.0, 0.0, rng.uniform(0.0, 0.3)]))
+        p_margin, m_margin = margins(z, t, k, p, m)
+        if p_margin > 2e-5 and m_margin > 1e-3:
+            rows.append(z)
+            settings.append((t, k, p, m))
+    return np.stack(rows), settings
+
+
+@pytest.mark.parametrize("shape", [(1, 8), (2, 4)])
+def test_random_rows_equal_one_device(shape):
+    mesh = _mesh(shape)
+    rng = np.random.default_rng(sum(shape) * 10 + shape[0])
+    for _ in range(3):
+        z, settings = _random_rows(rng, 1000, 16)  # the shapes above: no new compilation
+        params = _params(settings)
+        key = jax.random.key(int(rng.integers(1 << 30)))
+        want = nx.sample(key, z, params, return_logprobs=True, top_n=4)
+        got = sample_sharded(key, _place(z, mesh), params, mesh=mesh, **AXES,
+                             return_logprobs=True, top_n=4)
+        _assert_same_output(got, want)
+
+
 @pytest.mark.parametrize("shape", [(1, 8), (2, 4)])
 def test_common_case_draws_from_the_window(shape):
     """Narrow nuclei only: every survivor is in the window, so the draw reads candidates only."""
