@@ -292,7 +292,7 @@ def suffix_matches(tail: jax.Array, seqs: jax.Array) -> jax.Array:
 
 
 class AllowedState(NamedTuple):
-    ids: jax.Array  # [B, L] int32, -1 padding; a row of padding only is unrestricted
+    allowed: jax.Array  # [B, V] bool; a row allowing nothing listed is unrestricted
 
 
 def allowed_token_ids(ids: Any) -> Processor:
@@ -318,15 +318,16 @@ def allowed_from_packed(packed: Any) -> Processor:
     def init(prompts, lengths, vocab, max_new_tokens):
         del lengths, max_new_tokens
         _check_ids("allowed_token_ids", packed, vocab)
-        return AllowedState(_per_row(packed, prompts.shape[0], 1))
+        ids = _per_row(packed, prompts.shape[0], 1)
+        allowed = _scatter_rows((prompts.shape[0], vocab), ids, True, add=False)
+        unrestricted = ~jnp.any(ids >= 0, axis=-1)
+        return AllowedState(allowed | unrestricted[:, None])
 
     return Processor(init, _allowed_apply, _stateless_update)
 
 
 def _allowed_apply(state: AllowedState, logits: jax.Array) -> jax.Array:
-    allowed = _scatter_rows(logits.shape, state.ids, True, add=False)
-    restricted = jnp.any(state.ids >= 0, axis=-1)
-    return jnp.where(restricted[:, None] & ~allowed, NEG_INF, logits)
+    return jnp.where(state.allowed, logits, NEG_INF)
 
 
 def _stateless_update(state: Any, tokens: jax.Array) -> Any:
@@ -425,8 +426,7 @@ def _min_tokens_update(state: MinTokensState, tokens: jax.Array) -> MinTokensSta
 
 
 class BiasState(NamedTuple):
-    ids: jax.Array  # [B, L] int32, -1 padding
-    bias: jax.Array  # [B, L] float32
+    bias: jax.Array  # [B, V] float32, zero where no bias is listed
 
 
 def logit_bias(bias: Any) -> Processor:
@@ -454,14 +454,15 @@ def bias_from_packed(ids: Any, vals: Any) -> Processor:
         _check_ids("logit_bias", ids, vocab)
         batch = prompts.shape[0]
         ids_rows = _per_row(ids, batch, 1)
-        return BiasState(ids_rows, jnp.broadcast_to(jnp.asarray(vals, jnp.float32), ids_rows.shape))
+        vals_rows = jnp.broadcast_to(jnp.asarray(vals, jnp.float32), ids_rows.shape)
+        vals_rows = jnp.where(jnp.isfinite(vals_rows), jnp.clip(vals_rows, -100.0, 100.0), 0.0)
+        return BiasState(_scatter_rows((batch, vocab), ids_rows, vals_rows, add=True))
 
     return Processor(init, _bias_apply, _stateless_update)
 
 
 def _bias_apply(state: BiasState, logits: jax.Array) -> jax.Array:
-    bias = jnp.where(jnp.isfinite(state.bias), jnp.clip(state.bias, -100.0, 100.0), 0.0)
-    return logits + _scatter_rows(logits.shape, state.ids, bias, add=True)
+    return logits + state.bias
 
 
 def _seen_from(prompts: jax.Array, lengths: jax.Array, vocab: int) -> jax.Array:
