@@ -35,6 +35,7 @@ power of two so that nearby sizes share one compilation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -581,15 +582,23 @@ def no_repeat_ngram(n: Any) -> Processor:
         del vocab
         batch, width = prompts.shape
         cap = max(width + int(max_new_tokens), 1)
-        state = NgramState(_rows_of(n, batch, jnp.int32), jnp.full((batch, cap), -1, jnp.int32),
-                           jnp.zeros((batch,), jnp.int32), jnp.zeros((batch, cap), jnp.int32))
-        if width == 0:
-            return state
-        cols = jnp.arange(width)[None, :] < lengths[:, None]
-        toks = jnp.where(cols, prompts, -1).T  # [T, B]
-        return jax.lax.fori_loop(0, width, lambda i, s: _ngram_update(s, toks[i]), state)
+        return _ngram_init(_rows_of(n, batch, jnp.int32), jnp.asarray(prompts, jnp.int32),
+                           jnp.asarray(lengths, jnp.int32), cap)
 
     return Processor(init, _ngram_apply, _ngram_update)
+
+
+@functools.partial(jax.jit, static_argnames=("cap",))
+def _ngram_init(size: jax.Array, prompts: jax.Array, lengths: jax.Array, cap: int) -> NgramState:
+    """The n-gram state after replaying each prompt's tokens (compiled once per shape)."""
+    batch, width = prompts.shape
+    state = NgramState(size, jnp.full((batch, cap), -1, jnp.int32),
+                       jnp.zeros((batch,), jnp.int32), jnp.zeros((batch, cap), jnp.int32))
+    if width == 0:
+        return state
+    cols = jnp.arange(width)[None, :] < lengths[:, None]
+    toks = jnp.where(cols, prompts, -1).T  # [T, B]
+    return jax.lax.fori_loop(0, width, lambda i, s: _ngram_update(s, toks[i]), state)
 
 
 def _ngram_apply(state: NgramState, logits: jax.Array) -> jax.Array:
