@@ -36,6 +36,7 @@ from .apps.calibrate import calibrate_temperature
 from .apps.check import SamplingWarning, check
 from .apps.explain import explain
 from .ops import greedy, mask_min_p, mask_top_k, mask_top_p, scale_temperature
+from .speculative import VerifyOutput, generate_speculative, verify
 
 __version__ = "0.1.0"
 
@@ -43,9 +44,11 @@ __all__ = [
     "SampleOutput",
     "SamplingParams",
     "SamplingWarning",
+    "VerifyOutput",
     "calibrate_temperature",
     "check",
     "explain",
+    "generate_speculative",
     "greedy",
     "keep_mask",
     "mask_min_p",
@@ -56,4 +59,5 @@ __all__ = [
     "probs",
     "sample",
     "scale_temperature",
+    "verify",
 ]

@@ -299,7 +299,8 @@ def _generate(graphdef, state, tokens, lengths, req, prog, *, max_new, cache_len
 def generate(model: Any, prompts: Any, params: SamplingParams | None = None, *, key: Any,
              max_new_tokens: int, stop_ids: Sequence[int] | None = None, pad_id: int = 0,
              return_logprobs: bool = False, return_stats: bool = False,
-             processors: Any = None, bucket: int = 16) -> GenerateOutput:
+             processors: Any = None, bucket: int = 16, speculative: Any = None,
+             draft_tokens: int = 4, ngram: int = 3) -> GenerateOutput:
     """Generates up to `max_new_tokens` tokens for every prompt, in one jitted call.
 
     Args:
@@ -323,10 +324,28 @@ def generate(model: Any, prompts: Any, params: SamplingParams | None = None, *, 
         a list), run after those `params` switches on; their `init` sees the
         prompts, their `update` each accepted token.
       bucket: prompts are padded to a multiple of this (fewer compilations).
+      speculative: None (plain decoding), "ngram" (prompt-lookup drafts) or a
+        draft model (e.g. `nucleax.speculative.truncated(model, n)`):
+        speculative decoding, exactly the same distribution (greedy: the same
+        tokens); see `nucleax.speculative.generate_speculative`, which also
+        returns the acceptance counts. Not with `return_logprobs` or
+        `return_stats`.
+      draft_tokens: drafts per target call with `speculative` (static), >= 1.
+      ngram: the longest suffix looked up by `speculative="ngram"`, >= 1.
 
     Returns:
       a `GenerateOutput`.
     """
+    if speculative is not None:
+        if return_logprobs or return_stats:
+            raise ValueError("return_logprobs and return_stats are not supported with "
+                             f"speculative={speculative!r}; pass speculative=None for them")
+        from .speculative import generate_speculative
+
+        return generate_speculative(
+            model, prompts, params, key=key, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+            pad_id=pad_id, processors=processors, bucket=bucket, draft=speculative,
+            draft_tokens=draft_tokens, ngram=ngram).output
     graphdef, state, tokens, lengths, req, prog, static, cache_len, max_new = _prepare(
         model, prompts, key, params, max_new_tokens, stop_ids, pad_id, bucket, processors)
     static = dataclasses.replace(static, stats=bool(return_stats))

@@ -25,6 +25,7 @@ uniform, so a row's result does not depend on the rest of the batch.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -43,8 +44,8 @@ def argmax(z: jax.Array) -> jax.Array:
     return jax.lax.argmax(z, z.ndim - 1, jnp.int32)
 
 
-__all__ = ["SpeculativeOutput", "VerifyOutput", "generate_speculative", "ngram_drafts", "verify",
-           "verify_impl"]
+__all__ = ["SpeculativeOutput", "VerifyOutput", "generate_speculative", "ngram_drafts",
+           "timed_speculative", "truncated", "verify", "verify_impl"]
 
 
 class VerifyOutput(NamedTuple):
@@ -300,38 +301,126 @@ def ngram_drafts(history: jax.Array, length: jax.Array, k: int, ngram: int) -> j
     return drafts.astype(jnp.int32)
 
 
-def _loop(graphdef, state, tokens, lengths, req, prog, *, max_new, cache_len, static, k,
-          ngram):
+_DRAFT_SALT = 0x5D  # a draft model's draw for position q: fold_in(fold_in(key_b, q), _DRAFT_SALT)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Drafter:
+    """How drafts are made (static: part of the compiled loop)."""
+
+    k: int
+    ngram: int
+    graphdef: Any = None  # the draft model's graph (None: prompt lookup)
+
+
+def truncated(model: Any, n_layers: int) -> Any:
+    """A self-speculative draft: the first `n_layers` layers of `model`, then its norm and head.
+
+    The draft shares the target's weight arrays (nothing is copied) and has its
+    own KV cache (`n_layers` layers). It follows the decoding loop's model
+    protocol, so it can be passed as `draft=` to `generate_speculative` (or as
+    `speculative=` to `nucleax.decode.generate`). An untrained early exit is a
+    weak draft (low acceptance); the output stays exact whatever it proposes.
+
+    Args:
+      model: a `nucleax.models.Llama` (an NNX module with `config.n_layers`
+        and a `layers` list run in order, then `norm` and the head).
+      n_layers: layers kept, `1 <= n_layers <= model.config.n_layers`.
+    """
+    from flax import nnx
+
+    from . import _validate as va
+
+    config = getattr(model, "config", None)
+    total = getattr(config, "n_layers", None)
+    if not isinstance(model, nnx.Module) or total is None or not hasattr(model, "layers"):
+        raise TypeError(f"model must be a nucleax.models.Llama (an NNX module with config."
+                        f"n_layers and layers), got {type(model).__name__}")
+    n = va.int_arg("n_layers", n_layers, minimum=1)
+    if n > total:
+        raise ValueError(f"n_layers must be <= the model's {total} layers, got {n}")
+    draft = nnx.merge(*nnx.split(model))  # new Variables over the same arrays
+    draft.layers = nnx.List(list(draft.layers)[:n])
+    draft.config = dataclasses.replace(config, n_layers=n)
+    return draft
+
+
+def _draft_uniforms(keys: jax.Array, positions: jax.Array) -> jax.Array:
+    return jax.vmap(lambda key, q: jax.random.uniform(
+        jax.random.fold_in(jax.random.fold_in(key, q), _DRAFT_SALT), (), jnp.float32))(
+            keys, positions)
+
+
+def _model_drafts(dmodel, dcache, cur, pos, req, procs, static, k):
+    """K drafts from a draft model, each drawn from the pipeline on the draft's logits.
+
+    The draft sees the processors' state advanced by its own drafts; greedy rows
+    take the argmax. The draft's cache is then filled up to position `pos + K`.
+    Returns drafts `[B, K]`, their distributions `[B, K, V]` and the cache.
+    """
+
+    def one(carry, i):
+        tok, dcache, st = carry
+        logits, dcache = dmodel(tok[:, None], (pos + i)[:, None], dcache)
+        prep, _, _ = prepare(logits[:, 0].astype(jnp.float32), req.params, static.apply, st)
+        p = dense_probs(prep, threshold(prep, "auto", 64))
+        best = argmax(prep.z)
+        drawn = _dense_draw(p, _draft_uniforms(req.keys, pos + 1 + i))
+        d = jnp.where(prep.greedy, best, drawn).astype(jnp.int32)
+        r = jnp.where(prep.greedy[:, None], jax.nn.one_hot(best, p.shape[-1], dtype=p.dtype), p)
+        if static.update is not None:
+            st = static.update(st, d)
+        return (d, dcache, st), (d, r)
+
+    (last, dcache, _), (d, r) = lax.scan(one, (cur, dcache, procs),
+                                         jnp.arange(k, dtype=jnp.int32))
+    _, dcache = dmodel(last[:, None], (pos + k)[:, None], dcache)
+    return d.T, jnp.swapaxes(r, 0, 1), dcache
+
+
+def _loop(graphdef, state, dstate, tokens, lengths, req, prog, *, max_new, cache_len, static,
+          drafter):
     from . import decode as dec
     from .processors import suffix_matches
 
     first, cache, prog, _ = dec._prefill.__wrapped__(graphdef, state, tokens, lengths, req, prog,
                                                      cache_len=cache_len, static=static)
     batch, width = tokens.shape
+    k = drafter.k
     pad = static.pad_id
     rows = jnp.arange(batch)
+    dcache = None
+    if drafter.graphdef is not None:  # the draft model reads the prompt too
+        dmodel = dec._merge(drafter.graphdef, dstate)
+        dcache = dmodel.init_cache(batch, cache_len)
+        _, dcache = dmodel(tokens, jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32),
+                                                     (batch, width)), dcache)
     hist = jnp.zeros((batch, cache_len), jnp.int32).at[:, :width].set(tokens)
     hist = hist.at[rows, lengths].set(first.tokens)
     out = jnp.full((batch, max_new), pad, jnp.int32).at[:, 0].set(first.tokens)
     ones = jnp.ones((batch,), jnp.int32)
     zeros = jnp.zeros((batch,), jnp.int32)
     # pos: position of the last emitted token (emitted, not yet fed to the model)
-    carry = (jnp.asarray(lengths, jnp.int32), cache, prog, hist, out, ones, zeros, zeros)
+    carry = (jnp.asarray(lengths, jnp.int32), cache, dcache, prog, hist, out, ones, zeros, zeros)
 
     def cond(c):
-        prog = c[2]
+        prog = c[3]
         return ~jnp.all(prog.done | (prog.generated >= max_new))
 
     def body(c):
-        pos, cache, prog, hist, out, steps, drafted, acc = c
+        pos, cache, dcache, prog, hist, out, steps, drafted, acc = c
         live = ~prog.done & (prog.generated < max_new)
-        drafts = ngram_drafts(hist, pos + 1, k, ngram)
         cur = jnp.take_along_axis(hist, pos[:, None], axis=-1)
+        if drafter.graphdef is None:
+            drafts, dprobs = ngram_drafts(hist, pos + 1, k, drafter.ngram), None
+        else:
+            drafts, dprobs, dcache = _model_drafts(dec._merge(drafter.graphdef, dstate), dcache,
+                                                   cur[:, 0], pos, req, prog.procs, static, k)
         feed = jnp.concatenate([cur, drafts], axis=1)
         at = pos[:, None] + jnp.arange(k + 1, dtype=jnp.int32)[None, :]
         model = dec._merge(graphdef, state)
         logits, cache = model(feed, at, cache)
-        v = verify_impl(req.keys, drafts, None, logits, pos + 1, req.params, static.apply,
+        v = verify_impl(req.keys, drafts, dprobs, logits, pos + 1, req.params, static.apply,
                         static.update, prog.procs)
 
         def emit(p, i):  # the i-th emitted token: stop checks as in the plain loop
@@ -360,38 +449,19 @@ def _loop(graphdef, state, tokens, lengths, req, prog, *, max_new, cache_len, st
         steps = steps + live.astype(jnp.int32)
         drafted = drafted + jnp.where(live, k, 0)
         acc = acc + jnp.where(live, jnp.minimum(v.accepted, n), 0)
-        return pos, cache, prog2, hist, out, steps, drafted, acc
+        return pos, cache, dcache, prog2, hist, out, steps, drafted, acc
 
-    _, _, prog, _, out, steps, drafted, acc = lax.while_loop(cond, body, carry)
-    return out, prog, steps, drafted, acc
-
-
-_loop_jit = jax.jit(_loop, static_argnames=("graphdef", "max_new", "cache_len", "static", "k",
-                                            "ngram"))
+    c = lax.while_loop(cond, body, carry)
+    return c[5], c[3], c[6], c[7], c[8]
 
 
-def generate_speculative(model: Any, prompts: Any, params: SamplingParams | None = None, *,
-                         key: Any, max_new_tokens: int, stop_ids: Any = None, pad_id: int = 0,
-                         processors: Any = None, bucket: int = 16, draft_tokens: int = 4,
-                         ngram: int = 3) -> SpeculativeOutput:
-    """`nucleax.decode.generate` with prompt-lookup speculative decoding, in one jitted loop.
+_loop_jit = jax.jit(_loop, static_argnames=("graphdef", "max_new", "cache_len", "static",
+                                            "drafter"))
 
-    Every step proposes `draft_tokens` tokens per row by n-gram lookup over the
-    row's prompt and output (`ngram_drafts`), runs the target model once on the
-    K+1 positions (writing the KV cache at absolute positions; rejected slots
-    are overwritten later), and `verify`s them: the output is distributed
-    exactly as plain sampling (greedy rows give the same tokens as `generate`).
-    The first token comes from the prefill, as in `generate`; the token at
-    absolute position `q` of request `b` then uses only `fold_in(key_b, q)`.
 
-    Arguments as in `nucleax.decode.generate`, plus:
-      draft_tokens: K, the drafts per step (static), >= 1.
-      ngram: the longest suffix looked up (static), >= 1.
-
-    Returns:
-      a `SpeculativeOutput`: the `GenerateOutput`, and per row the target
-      calls, drafts proposed and drafts accepted.
-    """
+def _setup(model, prompts, params, key, max_new_tokens, stop_ids, pad_id, bucket, processors,
+           draft, draft_tokens, ngram):
+    """Host checks and the loop's arguments: (args, static keywords)."""
     from . import _validate as va
     from . import decode as dec
 
@@ -399,8 +469,99 @@ def generate_speculative(model: Any, prompts: Any, params: SamplingParams | None
     n = va.int_arg("ngram", ngram, minimum=1)
     graphdef, state, tokens, lengths, req, prog, static, cache_len, max_new = dec._prepare(
         model, prompts, key, params, max_new_tokens, stop_ids, pad_id, bucket, processors)
-    toks, prog, steps, drafted, acc = _loop_jit(
-        graphdef, state, jnp.asarray(tokens), jnp.asarray(lengths), req, prog, max_new=max_new,
-        cache_len=cache_len + k + 1, static=static, k=k, ngram=n)
+    dgraph, dstate = None, ()  # () not None: a compiled call keeps every argument
+    if isinstance(draft, str):
+        if draft != "ngram":
+            raise ValueError(f"draft (generate's speculative=) must be 'ngram' (prompt "
+                             f"lookup) or a draft model, got "
+                             f"{draft!r}")
+        models = [model]
+    else:
+        if not (callable(draft) and hasattr(draft, "init_cache")):
+            raise TypeError(f"draft (generate's speculative=) must be 'ngram' or a model with "
+                            f"init_cache and __call__ (the decoding loop's protocol), got "
+                            f"{type(draft).__name__}")
+        dgraph, dstate = dec._split(draft)
+        v_target = dec._vocab_size(model, graphdef, state)
+        v_draft = dec._vocab_size(draft, dgraph, dstate)
+        if v_draft != v_target:
+            raise ValueError(f"draft's vocabulary ({v_draft} tokens) must be the target's "
+                             f"({v_target}); use a draft model with the same tokenizer")
+        models = [model, draft]
+    longest = int(max(lengths))
+    for m in models:  # the loop feeds K draft positions past the last emitted token
+        limit = getattr(getattr(m, "config", None), "context_length", None)
+        if limit is not None and longest + max_new + k - 1 > limit:
+            raise ValueError(
+                f"prompt length {longest} + max_new_tokens {max_new} + draft_tokens {k} - 1 = "
+                f"{longest + max_new + k - 1} exceeds the model's context of {limit} tokens "
+                f"(speculative decoding feeds {k} draft positions past the last token); "
+                f"shorten the prompt, ask for fewer tokens or use fewer draft tokens")
+    args = (graphdef, state, dstate, jnp.asarray(tokens), jnp.asarray(lengths), req, prog)
+    kw = dict(max_new=max_new, cache_len=cache_len + k + 1, static=static,
+              drafter=_Drafter(k, n, dgraph))
+    return args, kw
+
+
+def _output(result) -> SpeculativeOutput:
+    from . import decode as dec
+
+    toks, prog, steps, drafted, acc = result
     out = dec.GenerateOutput(toks, prog.generated, prog.done, stop_sequence=prog.stop_sequence)
     return SpeculativeOutput(out, steps, drafted, acc)
+
+
+def generate_speculative(model: Any, prompts: Any, params: SamplingParams | None = None, *,
+                         key: Any, max_new_tokens: int, stop_ids: Any = None, pad_id: int = 0,
+                         processors: Any = None, bucket: int = 16, draft: Any = "ngram",
+                         draft_tokens: int = 4, ngram: int = 3) -> SpeculativeOutput:
+    """`nucleax.decode.generate` with speculative decoding, in one jitted loop.
+
+    Every step proposes K = `draft_tokens` tokens per row, runs the target
+    model once on the K+1 positions (writing the KV cache at absolute
+    positions; rejected slots are overwritten later), and `verify`s them: the
+    output is distributed exactly as plain sampling, with every parameter and
+    processor (greedy rows give the same tokens as `generate`). The first
+    token comes from the prefill, as in `generate`; the token at absolute
+    position `q` of request `b` then uses only `fold_in(key_b, q)`.
+
+    Drafts: `draft="ngram"` (prompt lookup, `ngram_drafts`: free, good when the
+    output copies the prompt or itself), or a draft model following the
+    loop's model protocol with the target's vocabulary (a smaller model, or
+    `truncated(model, n)`): it runs K+1 single-token steps per round on its
+    own KV cache, each draft drawn from the full pipeline (same parameters and
+    processors) on the draft's logits, with `fold_in(fold_in(key_b, q), 0x5D)`.
+
+    Arguments as in `nucleax.decode.generate`, plus:
+      draft: "ngram" or a draft model.
+      draft_tokens: K, the drafts per step (static), >= 1. The prompt,
+        `max_new_tokens` and K - 1 must fit the model's context.
+      ngram: the longest suffix looked up by prompt lookup (static), >= 1.
+
+    Returns:
+      a `SpeculativeOutput`: the `GenerateOutput` (no log-probabilities or
+      stats), and per row the target calls, drafts proposed and accepted.
+    """
+    args, kw = _setup(model, prompts, params, key, max_new_tokens, stop_ids, pad_id, bucket,
+                      processors, draft, draft_tokens, ngram)
+    return _output(_loop_jit(*args, **kw))
+
+
+def timed_speculative(model: Any, prompts: Any, params: SamplingParams | None = None,
+                      **kwargs: Any) -> tuple[SpeculativeOutput, float, float]:
+    """`generate_speculative`, compiled first: (output, compile seconds, run seconds)."""
+    import time
+
+    t0 = time.perf_counter()
+    args, kw = _setup(model, prompts, params, kwargs.pop("key"), kwargs.pop("max_new_tokens"),
+                      kwargs.pop("stop_ids", None), kwargs.pop("pad_id", 0),
+                      kwargs.pop("bucket", 16), kwargs.pop("processors", None),
+                      kwargs.pop("draft", "ngram"), kwargs.pop("draft_tokens", 4),
+                      kwargs.pop("ngram", 3))
+    if kwargs:
+        raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+    compiled = _loop_jit.lower(*args, **kw).compile()
+    t1 = time.perf_counter()
+    result = compiled(*args[1:])  # graphdef is static
+    jax.block_until_ready(result)
+    return _output(result), t1 - t0, time.perf_counter() - t1
