@@ -394,3 +394,42 @@ def test_stop_sequences_cover_split_spellings(tiny_gguf):
                                                                        strict=True))
     assert [tok.decode([t]) for t in seqs[texts.index("hel")]] == ["hel"]  # the merged token
     assert any(len(s) == 3 and o == 0 for s, o in zip(seqs, owner, strict=True))  # h, e, l
+
+
+# --- speculative decoding (issue 13) -------------------------------------------------------
+
+
+def test_generate_speculative_prints_acceptance_and_keeps_greedy_text(capsys, tiny_gguf):
+    argv = ["generate", "--prompt", "abcabcabc", "--raw", "--model", tiny_gguf,
+            "--max-new-tokens", "12", "--temperature", "0", "--batch", "2"]
+    code, plain, err = run(capsys, *argv, "--json")
+    assert code == 0, err
+    code, spec, err = run(capsys, *argv, "--json", "--speculative", "ngram", "--draft-tokens",
+                          "3")
+    assert code == 0, err
+    plain, spec = json.loads(plain), json.loads(spec)
+    assert [s["tokens"] for s in spec["samples"]] == [s["tokens"] for s in plain["samples"]]
+    info = spec["speculative"]
+    assert info["draft"] == "ngram" and info["draft_tokens"] == 3
+    assert info["drafted"] == 3 * info["target_steps"] - 3 * 2  # the prefill drafts nothing
+    assert 0 <= info["accepted"] <= info["drafted"]
+    total = sum(len(s["tokens"]) for s in spec["samples"])
+    assert info["tokens_per_target_step"] == pytest.approx(total / info["target_steps"])
+    code, out, err = run(capsys, *argv, "--speculative", "ngram")
+    assert code == 0, err
+    assert re.search(r"decode [0-9.]+ tokens/s at batch 2", err), err
+    assert re.search(r"speculative ngram, 4 draft tokens: acceptance \d+% \(\d+ of \d+ drafts\), "
+                     r"[0-9.]+ tokens per target step", err), err
+    assert out.strip()
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--speculative", "ngram", "--draft-tokens", "0"], "--draft-tokens"),
+    (["--draft-tokens", "4"], "--draft-tokens"),
+    (["--speculative", "eagle"], "--speculative"),
+])
+def test_speculative_flag_mistakes_are_one_line_before_the_model_loads(capsys, argv, flag):
+    code, out, err = run(capsys, "generate", "--prompt", "hi", *argv)
+    assert code == 2 and out == ""
+    line = _one_line(err)
+    assert flag in line and "loading" not in err, line

@@ -439,6 +439,9 @@ def _generate(args: argparse.Namespace) -> int:
 
     values = _generate_params(args)
     nx.SamplingParams(**values)  # flag values are checked before the model loads
+    if args.draft_tokens is not None and args.speculative is None:
+        raise UsageError(f"--draft-tokens: expected --speculative with it, got --draft-tokens "
+                         f"{args.draft_tokens} alone; fix: add --speculative ngram")
     model, tok = _load_model(args.model, args.dtype)
     shared, stop_texts = _shared_processors(args, tok)
     params = nx.SamplingParams(**{**values, **shared})
@@ -450,8 +453,12 @@ def _generate(args: argparse.Namespace) -> int:
     rows = TextStreams(tok, args.batch, stop_texts, tok.stop_ids, params.scalars()["ignore_eos"])
     shown, t_first, steps = "", None, 0
     _status(f"compiling and prefilling {len(ids)} prompt tokens ...")
-    for tokens, live in stream(model, [ids] * args.batch, params, key=keys,
-                               max_new_tokens=args.max_new_tokens, stop_ids=tok.stop_ids):
+    if args.speculative is not None:
+        spec = _generate_speculative(args, model, tok, ids, params, keys, rows)
+        steps = 0  # no per-step timing: the whole loop is one call
+    for tokens, live in (() if args.speculative is not None else
+                         stream(model, [ids] * args.batch, params, key=keys,
+                                max_new_tokens=args.max_new_tokens, stop_ids=tok.stop_ids)):
         rows.add(tokens, live)
         now = rows.settled(0)
         if not args.json and now.startswith(shown) and len(now) > len(shown):
@@ -469,7 +476,8 @@ def _generate(args: argparse.Namespace) -> int:
                                                  (("logit_bias", dict(args.logit_bias)),
                                                   ("stop", stop_texts)) if v}},
                "seed": args.seed, "max_new_tokens": args.max_new_tokens, "samples": samples,
-               "warnings": warnings})
+               "warnings": warnings,
+               **({"speculative": spec} if args.speculative is not None else {})})
         return 0
     print(samples[0]["text"][len(shown):])
     if samples[0]["stop_text"] is not None:
@@ -482,7 +490,38 @@ def _generate(args: argparse.Namespace) -> int:
         rate = args.batch * (steps - 2) / (time.perf_counter() - t_first)
         _status(f"{sum(len(s['tokens']) for s in samples)} tokens; decode {rate:.1f} tokens/s "
                 f"at batch {args.batch}, compilation excluded")
+    if args.speculative is not None:
+        rate = spec["generated"] / spec["seconds"]
+        _status(f"{sum(len(s['tokens']) for s in samples)} tokens; decode {rate:.1f} tokens/s "
+                f"at batch {args.batch}, compilation excluded (prefill included)")
+        _status(f"speculative {spec['draft']}, {spec['draft_tokens']} draft tokens: acceptance "
+                f"{spec['acceptance']:.0%} ({spec['accepted']} of {spec['drafted']} drafts), "
+                f"{spec['tokens_per_target_step']:.2f} tokens per target step")
     return 0
+
+
+def _generate_speculative(args: argparse.Namespace, model: Any, tok: Any, ids: list[int],
+                          params: Any, keys: Any, rows: Any) -> dict[str, Any]:
+    """Runs `generate_speculative` (one jitted call), feeds `rows`; the counts and timing."""
+    from .speculative import timed_speculative
+
+    k = 4 if args.draft_tokens is None else args.draft_tokens
+    out, _, seconds = timed_speculative(model, [ids] * args.batch, params, key=keys,
+                                        max_new_tokens=args.max_new_tokens,
+                                        stop_ids=tok.stop_ids, draft=args.speculative,
+                                        draft_tokens=k)
+    tokens, lengths = np.asarray(out.output.tokens), np.asarray(out.output.lengths)
+    for i in range(tokens.shape[1]):
+        rows.add(tokens[:, i], i < lengths)
+        if rows.done:
+            break
+    drafted, accepted = int(np.sum(out.drafted)), int(np.sum(out.accepted))
+    generated = int(np.sum(lengths))
+    return {"draft": args.speculative, "draft_tokens": k, "drafted": drafted,
+            "accepted": accepted, "acceptance": accepted / max(drafted, 1),
+            "target_steps": int(np.sum(out.steps)), "generated": generated,
+            "tokens_per_target_step": generated / max(int(np.sum(out.steps)), 1),
+            "seconds": seconds}
 
 
 def _grid(args: argparse.Namespace, names: Sequence[str]) -> list[tuple[str, Any]]:
@@ -704,6 +743,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="samples of the same prompt, generated in one batch")
     gen.add_argument("--json", action="store_true",
                      help="print one JSON document at the end instead of streaming text")
+    gen.add_argument("--speculative", choices=["ngram"], default=None,
+                     help="speculative decoding with prompt-lookup (n-gram) drafts: the same "
+                          "distribution, fewer model calls when the output repeats the prompt; "
+                          "prints the text at the end (default: off)")
+    gen.add_argument("--draft-tokens", type=_positive("--draft-tokens", 4), default=None,
+                     help="draft tokens per model call with --speculative (default: 4)")
 
     exp = command("explain", "show how the knobs reshape one next-token distribution",
                   _explain)
