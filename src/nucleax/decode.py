@@ -106,6 +106,7 @@ class _Static:
     update: Any  # the processors' update, or None
     pad_id: int
     stats: bool
+    layout: Any = None  # a `nucleax.sharding.layout` when the loop runs on a mesh
 
 
 def _vocab_size(model: Any, graphdef: Any, state: Any) -> int:
@@ -181,6 +182,16 @@ def _prepare(model: Any, prompts: Any, key: Any, params: Any, max_new_tokens: An
     return graphdef, state, tokens, lengths, requests, progress, static, width + max_new, max_new
 
 
+def _on_mesh(model: Any, mesh: Any, batch_axis: Any, model_axis: Any) -> tuple[Any, Any]:
+    """The model placed over `mesh` and the sampler's layout (or the model and None)."""
+    if mesh is None:
+        return model, None
+    from . import sharding
+
+    placed = sharding.shard_model(model, mesh, batch_axis=batch_axis, model_axis=model_axis)
+    return placed, sharding.layout(mesh, batch_axis, model_axis)
+
+
 def _split(model: Any):
     if isinstance(model, nnx.Module):
         graphdef, state = nnx.split(model)
@@ -213,11 +224,23 @@ def _next_token(logits, positions, req: _Requests, prog: _Progress, static: _Sta
     """
     logits = logits.astype(jnp.float32)
     step_keys = jax.vmap(jax.random.fold_in)(req.keys, positions)
-    out = sample_impl(step_keys, logits, req.params, static.apply, prog.procs, True, 0, "auto",
-                      64)
+    if static.layout is None:
+        out = sample_impl(step_keys, logits, req.params, static.apply, prog.procs, True, 0,
+                          "auto", 64)
+    else:  # logits split over a mesh: no [B, V] gather (nucleax.sharding)
+        from . import sharding
+
+        out = sharding.sample_impl(step_keys, logits, req.params, static.apply, prog.procs, True,
+                                   0, "auto", 64, layout=static.layout)
     stats = None
     if static.stats:
-        p = dense_output(logits, req.params, static.apply, prog.procs, "probs", "auto", 64)
+        if static.layout is None:
+            p = dense_output(logits, req.params, static.apply, prog.procs, "probs", "auto", 64)
+        else:
+            from . import sharding
+
+            p = sharding.dense_impl(logits, req.params, static.apply, prog.procs, "probs",
+                                    "auto", 64, layout=static.layout)
         ent = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
         stats = (jnp.sum(p > 0, axis=-1).astype(jnp.int32), ent)
     live = ~prog.done
@@ -244,7 +267,8 @@ def _prefill(graphdef, state, tokens, lengths, req, prog, *, cache_len, static):
     cache = model.init_cache(batch, cache_len)
     positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (batch, width))
     logits, cache = model(tokens, positions, cache)
-    last = logits[jnp.arange(batch), lengths - 1]
+    # take_along_axis: on a mesh this compiles with no collective over the batch axis
+    last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
     out, prog, stats = _next_token(last, lengths, req, prog, static)
     return out, cache, prog, stats
 
@@ -300,7 +324,8 @@ def generate(model: Any, prompts: Any, params: SamplingParams | None = None, *, 
              max_new_tokens: int, stop_ids: Sequence[int] | None = None, pad_id: int = 0,
              return_logprobs: bool = False, return_stats: bool = False,
              processors: Any = None, bucket: int = 16, speculative: Any = None,
-             draft_tokens: int = 4, ngram: int = 3) -> GenerateOutput:
+             draft_tokens: int = 4, ngram: int = 3, mesh: Any = None,
+             batch_axis: str | None = "data", model_axis: str | None = "model") -> GenerateOutput:
     """Generates up to `max_new_tokens` tokens for every prompt, in one jitted call.
 
     Args:
@@ -332,6 +357,10 @@ def generate(model: Any, prompts: Any, params: SamplingParams | None = None, *, 
         `return_stats`.
       draft_tokens: drafts per target call with `speculative` (static), >= 1.
       ngram: the longest suffix looked up by `speculative="ngram"`, >= 1.
+      mesh, batch_axis, model_axis: run on a `jax.sharding.Mesh`: requests
+        split over `batch_axis`, the model's heads, MLP and vocabulary head
+        over `model_axis` (`model.shard`), logits left vocabulary-split for
+        the sampler. The same tokens as one device (see docs/SHARDING.md).
 
     Returns:
       a `GenerateOutput`.
@@ -346,9 +375,10 @@ def generate(model: Any, prompts: Any, params: SamplingParams | None = None, *, 
             model, prompts, params, key=key, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
             pad_id=pad_id, processors=processors, bucket=bucket, draft=speculative,
             draft_tokens=draft_tokens, ngram=ngram).output
+    model, layout = _on_mesh(model, mesh, batch_axis, model_axis)
     graphdef, state, tokens, lengths, req, prog, static, cache_len, max_new = _prepare(
         model, prompts, key, params, max_new_tokens, stop_ids, pad_id, bucket, processors)
-    static = dataclasses.replace(static, stats=bool(return_stats))
+    static = dataclasses.replace(static, stats=bool(return_stats), layout=layout)
     toks, prog, lp, raw, n_alive, ent = _generate(
         graphdef, state, tokens, lengths, req, prog, max_new=max_new, cache_len=cache_len,
         static=static)
@@ -362,7 +392,9 @@ def generate(model: Any, prompts: Any, params: SamplingParams | None = None, *, 
 
 def stream(model: Any, prompts: Any, params: SamplingParams | None = None, *, key: Any,
            max_new_tokens: int, stop_ids: Sequence[int] | None = None, pad_id: int = 0,
-           processors: Any = None, bucket: int = 16) -> Iterator[tuple[jax.Array, jax.Array]]:
+           processors: Any = None, bucket: int = 16, mesh: Any = None,
+           batch_axis: str | None = "data",
+           model_axis: str | None = "model") -> Iterator[tuple[jax.Array, jax.Array]]:
     """Like `generate`, yielding `(tokens [B], live [B])` after every step.
 
     `live[b]` is False once request `b` has stopped (its token is then
@@ -370,8 +402,10 @@ def stream(model: Any, prompts: Any, params: SamplingParams | None = None, *, ke
     arguments: the same prefill and step functions run, one jitted call per
     step instead of one loop.
     """
+    model, layout = _on_mesh(model, mesh, batch_axis, model_axis)
     graphdef, state, tokens, lengths, req, prog, static, cache_len, max_new = _prepare(
         model, prompts, key, params, max_new_tokens, stop_ids, pad_id, bucket, processors)
+    static = dataclasses.replace(static, layout=layout)
     out, cache, prog, _ = _prefill(graphdef, state, tokens, lengths, req, prog,
                                    cache_len=cache_len, static=static)
     yield out.tokens, jnp.ones_like(prog.done)
