@@ -280,6 +280,19 @@ def test_outputs_only_where_asked(capsys, tmp_path, monkeypatch, tiny_gguf):
 # --- generation on a tiny model (fast): flags reach SamplingParams -------------------------
 
 
+def test_generate_on_devices_gives_the_tokens_of_one_device(capsys, tiny_gguf):
+    argv = ["generate", "--prompt", "hello", "--model", tiny_gguf, "--max-new-tokens", "5",
+            "--json", "--batch", "2", "--temperature", "0.8", "--seed", "1"]
+    code, one, err = run(capsys, *argv)
+    assert code == 0, err
+    code, four, err = run(capsys, *argv, "--devices", "4")
+    assert code == 0, err
+    tokens = lambda out: [s["tokens"] for s in json.loads(out)["samples"]]  # noqa: E731
+    assert tokens(four) == tokens(one)
+    code, _, err = run(capsys, *argv, "--devices", "64")
+    assert code == 2 and "--devices: expected at most the 8 devices available, got 64" in err
+
+
 def test_generate_json_and_processor_flags_on_a_tiny_model(capsys, tiny_gguf):
     code, out, err = run(capsys, "generate", "--prompt", "hello", "--model", tiny_gguf,
                          "--max-new-tokens", "6", "--json", "--batch", "2", "--temperature",
@@ -411,7 +424,7 @@ def test_generate_speculative_prints_acceptance_and_keeps_greedy_text(capsys, ti
     assert [s["tokens"] for s in spec["samples"]] == [s["tokens"] for s in plain["samples"]]
     info = spec["speculative"]
     assert info["draft"] == "ngram" and info["draft_tokens"] == 3
-    assert info["drafted"] == 3 * info["target_steps"] - 3 * 2  # the prefill drafts nothing
+    assert info["drafted"] <= 3 * info["target_steps"] - 3 * 2  # the prefill drafts nothing
     assert 0 <= info["accepted"] <= info["drafted"]
     total = sum(len(s["tokens"]) for s in spec["samples"])
     assert info["tokens_per_target_step"] == pytest.approx(total / info["target_steps"])

@@ -442,6 +442,10 @@ def _generate(args: argparse.Namespace) -> int:
     if args.draft_tokens is not None and args.speculative is None:
         raise UsageError(f"--draft-tokens: expected --speculative with it, got --draft-tokens "
                          f"{args.draft_tokens} alone; fix: add --speculative ngram")
+    if args.devices > 1 and args.speculative is not None:
+        raise UsageError(f"--devices: expected 1 with --speculative, got --devices "
+                         f"{args.devices}; fix: drop one of them")
+    mesh = _mesh(args.devices, args.batch)
     model, tok = _load_model(args.model, args.dtype)
     shared, stop_texts = _shared_processors(args, tok)
     params = nx.SamplingParams(**{**values, **shared})
@@ -458,7 +462,8 @@ def _generate(args: argparse.Namespace) -> int:
         steps = 0  # no per-step timing: the whole loop is one call
     for tokens, live in (() if args.speculative is not None else
                          stream(model, [ids] * args.batch, params, key=keys,
-                                max_new_tokens=args.max_new_tokens, stop_ids=tok.stop_ids)):
+                                max_new_tokens=args.max_new_tokens, stop_ids=tok.stop_ids,
+                                mesh=mesh)):
         rows.add(tokens, live)
         now = rows.settled(0)
         if not args.json and now.startswith(shown) and len(now) > len(shown):
@@ -498,6 +503,27 @@ def _generate(args: argparse.Namespace) -> int:
                 f"{spec['acceptance']:.0%} ({spec['accepted']} of {spec['drafted']} drafts), "
                 f"{spec['tokens_per_target_step']:.2f} tokens per target step")
     return 0
+
+
+def _mesh(devices: int, batch: int) -> Any:
+    """A (data, model) mesh of `devices` devices (None for one): the batch over "data" as far
+    as it divides, the rest over "model". On the CPU, `devices` host devices are made."""
+    if devices == 1:
+        return None
+    import math
+
+    import jax
+
+    try:  # host devices for the CPU backend (no effect on accelerators)
+        jax.config.update("jax_num_cpu_devices", devices)
+    except RuntimeError:
+        pass  # the backend has already started: use the devices it has
+    if jax.device_count() < devices:
+        raise UsageError(f"--devices: expected at most the {jax.device_count()} devices "
+                         f"available, got {devices}; fix: --devices {jax.device_count()}")
+    data = math.gcd(batch, devices)
+    return jax.make_mesh((data, devices // data), ("data", "model"),
+                         devices=jax.devices()[:devices])
 
 
 def _generate_speculative(args: argparse.Namespace, model: Any, tok: Any, ids: list[int],
@@ -741,6 +767,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=SEED, default=0, help="random seed (same seed, same text)")
     gen.add_argument("--batch", type=_positive("--batch", 4), default=1,
                      help="samples of the same prompt, generated in one batch")
+    gen.add_argument("--devices", type=_positive("--devices", 8), default=1,
+                     help="run on a mesh of this many devices (on the CPU, simulated host "
+                          "devices): the batch split as far as it divides, the model and the "
+                          "vocabulary over the rest; the same tokens as one device")
     gen.add_argument("--json", action="store_true",
                      help="print one JSON document at the end instead of streaming text")
     gen.add_argument("--speculative", choices=["ngram"], default=None,
