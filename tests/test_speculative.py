@@ -251,19 +251,24 @@ def test_ngram_drafts_continue_the_latest_earlier_match():
 
     hist = jnp.asarray([[1, 2, 3, 4, 1, 2, 3, 9, 1, 2, 0, 0],
                         [5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 0]], jnp.int32)
-    got = ngram_drafts(hist, jnp.asarray([10, 4]), 3, 3)
+    got = jax.jit(ngram_drafts, static_argnums=(2, 3))(hist, jnp.asarray([10, 4]), 3, 3)
     # row 0: suffix [1, 2] last seen at 4..5, followed by 3, 9, 1; row 1: no match, repeat 8
     assert got.tolist() == [[3, 9, 1], [8, 8, 8]]
 
 
-def test_greedy_speculative_generation_equals_greedy_generate_on_the_tiny_model():
-    from nucleax import decode
+def _tiny():
     from nucleax.models import Llama, LlamaConfig, random_weights
-    from nucleax.speculative import generate_speculative
 
     config = LlamaConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
                          hidden_dim=48, head_dim=8, context_length=64)
-    model = Llama(config, random_weights(config, seed=5, scale=0.6))
+    return Llama(config, random_weights(config, seed=5, scale=0.6))
+
+
+def test_greedy_speculative_generation_equals_greedy_generate_on_the_tiny_model():
+    from nucleax import decode
+    from nucleax.speculative import generate_speculative
+
+    model = _tiny()
     prompts = [[3, 4, 5, 3, 4, 5, 3, 4], [10, 11, 12, 13, 14, 15, 16], [7]]
     params = nx.SamplingParams(temperature=0.0, repetition_penalty=np.float32([1.0, 1.2, 1.0]))
     keys = _keys(3, 0)
@@ -272,42 +277,91 @@ def test_greedy_speculative_generation_equals_greedy_generate_on_the_tiny_model(
                                 draft_tokens=3, ngram=2)
     np.testing.assert_array_equal(spec.output.tokens, plain.tokens)
     np.testing.assert_array_equal(spec.output.lengths, plain.lengths)
-    np.testing.assert_array_equal(np.asarray(spec.steps) + np.asarray(spec.accepted), 20)
-    # stop ids end rows at the same place
+    accepted, steps = np.asarray(spec.accepted), np.asarray(spec.steps)
+    assert int(spec.drafted[0]) > 0  # row 0 repeats itself: prompt lookup proposes drafts
+    np.testing.assert_array_equal(steps + accepted, 20)  # prefill 1, then accepted + 1 per call
+    assert (accepted <= np.asarray(spec.drafted)).all()
+    assert (np.asarray(spec.drafted) <= 3 * (steps - 1)).all()  # K per call, 0 on plain steps
+    # stop ids end rows at the same place (same shapes: no new compilation); via generate
     stop = int(np.asarray(plain.tokens)[1, 5])
     plain = decode.generate(model, prompts, params, key=keys, max_new_tokens=20, stop_ids=[stop])
-    spec = generate_speculative(model, prompts, params, key=keys, max_new_tokens=20,
-                                stop_ids=[stop], draft_tokens=3, ngram=2)
-    np.testing.assert_array_equal(spec.output.tokens, plain.tokens)
-    np.testing.assert_array_equal(spec.output.stopped, plain.stopped)
+    spec_out = decode.generate(model, prompts, params, key=keys, max_new_tokens=20,
+                               stop_ids=[stop], speculative="ngram", draft_tokens=3, ngram=2)
+    assert bool(np.asarray(plain.stopped)[1])
+    np.testing.assert_array_equal(spec_out.tokens, plain.tokens)
+    np.testing.assert_array_equal(spec_out.stopped, plain.stopped)
 
 
-class _Bigram:
-    """A model whose logits depend on the last token only (greedy output cycles)."""
+def test_a_draft_model_equal_to_the_target_accepts_everything_and_sampling_is_exact():
+    # draft = the target's 2 of 2 layers (`truncated`, sharing the weights): r = p at every
+    # position, so every draft is accepted, and the output is still sampled from the target
+    # (a 64-token vocabulary: chi-square on the second token, false-alarm rate ALPHA)
+    from nucleax.speculative import generate_speculative, truncated
 
-    def __init__(self, table):
-        self.table = jnp.asarray(table)
+    model = _tiny()
+    draft = truncated(model, 2)
+    assert draft is not model and draft.layers[1].wqkv[...] is model.layers[1].wqkv[...]
+    batch, k = 2000, 2
+    prompts = np.tile([3, 4, 5], (batch, 1))
+    params = nx.SamplingParams(temperature=1.0, top_k=20, repetition_penalty=1.3)
+    keys = _keys(batch, 11)
+    spec = generate_speculative(model, prompts, params, key=keys, max_new_tokens=3, draft=draft,
+                                draft_tokens=k)
+    # r and p differ only by float rounding (one position vs K+1 positions per call)
+    assert np.mean(np.asarray(spec.accepted) == k) > 0.99
+    # the law of the second token given the first, from the pipeline:
+    first = np.asarray(spec.output.tokens)[:, 0]
+    second = np.asarray(spec.output.tokens)[:, 1]
+    t0 = int(np.bincount(first).argmax())  # condition on the most frequent first token
+    rows = first == t0
+    ctx = jnp.asarray([[3, 4, 5, t0]], jnp.int32)
+    logits, _ = model(ctx, jnp.arange(4, dtype=jnp.int32)[None], model.init_cache(1, 4))
+    chain = params.processors()
+    st = chain.init(jnp.asarray([[3, 4, 5]], jnp.int32), jnp.asarray([3]), 64, 4)
+    st = chain.update(st, jnp.asarray([t0], jnp.int32))
+    want = np.asarray(nx.probs(logits[:, -1], params, state=st)[0], np.float64)
+    _chi2(np.bincount(second[rows], minlength=64), want, "second token after a full accept")
 
-    def init_cache(self, batch, length):
-        return jnp.zeros((batch, length), jnp.int32)
 
-    def __call__(self, tokens, positions, cache):
-        return self.table[tokens], cache
+def test_greedy_speculative_equals_greedy_generate_on_smollm2():
+    from smollm import needs_smollm, smollm
 
-
-def test_speculative_accepts_drafts_on_a_repetitive_model_and_keeps_greedy_output():
+    if needs_smollm.args[0]:
+        pytest.skip(needs_smollm.kwargs["reason"])
     from nucleax import decode
+    from nucleax.apps._kit import prompt_ids
     from nucleax.speculative import generate_speculative
 
-    model = _Bigram(L)
-    prompts = [[1, 2], [5]]
+    model, tok = smollm()
+    # the README's example (same shapes: its compilation is reused in one pytest session)
+    text = "Every night the keeper climbed the stairs, lit the lamp and watched the ships."
+    ids = prompt_ids(tok, "Repeat the following sentence word for word:\n\n" + text)
     params = nx.SamplingParams(temperature=0.0)
-    keys = _keys(2, 0)
-    plain = decode.generate(model, prompts, params, key=keys, max_new_tokens=24)
-    spec = generate_speculative(model, prompts, params, key=keys, max_new_tokens=24,
-                                draft_tokens=3, ngram=2)
+    key = jax.random.key(0)
+    common = dict(key=key, max_new_tokens=32, stop_ids=tok.stop_ids)
+    plain = decode.generate(model, [ids], params, **common)
+    spec = generate_speculative(model, [ids], params, draft_tokens=4, **common)
     np.testing.assert_array_equal(spec.output.tokens, plain.tokens)
-    accepted, steps = np.asarray(spec.accepted), np.asarray(spec.steps)
-    assert (accepted > 0).all() and (steps < 24).all()
-    # prefill: 1 token; each call: accepted + 1 (the last call may be cut by max_new_tokens)
-    assert ((steps + accepted >= 24) & (steps + accepted <= 25)).all()
+    n = int(plain.lengths[0])
+    assert 2 * int(spec.accepted[0]) >= n  # most of the copy came from drafts
+
+
+def test_generate_speculative_argument_errors():
+    from nucleax import decode
+    from nucleax.speculative import generate_speculative, truncated
+
+    model = _tiny()
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="draft_tokens 4 - 1 = 67 exceeds the model.s context"):
+        generate_speculative(model, [[1] * 32], key=key, max_new_tokens=32, draft_tokens=4)
+    with pytest.raises(ValueError, match="return_logprobs"):
+        decode.generate(model, [[1]], key=key, max_new_tokens=2, speculative="ngram",
+                        return_logprobs=True)
+    with pytest.raises(ValueError, match="'ngram'"):
+        decode.generate(model, [[1]], key=key, max_new_tokens=2, speculative="eagle")
+    with pytest.raises(ValueError, match="draft_tokens"):
+        generate_speculative(model, [[1]], key=key, max_new_tokens=2, draft_tokens=0)
+    with pytest.raises(ValueError, match="n_layers"):
+        truncated(model, 3)
+    with pytest.raises(TypeError, match="draft"):
+        generate_speculative(model, [[1]], key=key, max_new_tokens=2, draft=3)

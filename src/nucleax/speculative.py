@@ -262,7 +262,8 @@ class SpeculativeOutput(NamedTuple):
         stop_sequence; no log-probabilities or stats).
       steps: int32 `[B]`, target-model calls while the row was live (the
         prefill counts as one).
-      drafted: int32 `[B]`, draft tokens proposed to the row while live.
+      drafted: int32 `[B]`, draft tokens proposed to the row while live (none
+        on the plain steps of prompt lookup).
       accepted: int32 `[B]`, draft tokens accepted.
     """
 
@@ -282,6 +283,12 @@ def ngram_drafts(history: jax.Array, length: jax.Array, k: int, ngram: int) -> j
     With no match, the last token is repeated. Drafts are proposals only:
     `verify` keeps the output exact whatever they are.
     """
+    return _ngram_lookup(history, length, k, ngram)[0]
+
+
+def _ngram_lookup(history: jax.Array, length: jax.Array, k: int,
+                  ngram: int) -> tuple[jax.Array, jax.Array]:
+    """`ngram_drafts`, and whether each row matched at least `min(2, ngram)` tokens `[B]`."""
     batch, width = history.shape
     idx = jnp.arange(width, dtype=jnp.int32)
     last = jnp.take_along_axis(history, jnp.maximum(length - 1, 0)[:, None], axis=-1)[:, 0]
@@ -295,10 +302,12 @@ def ngram_drafts(history: jax.Array, length: jax.Array, k: int, ngram: int) -> j
             hit = hit & (shifted == suffix[:, t:t + 1])
         latest = jnp.max(jnp.where(hit, idx[None, :], -1), axis=-1)
         start = jnp.where(latest >= 0, latest + n, start)
+        if n == min(2, ngram):
+            found = start >= 0
     at = start[:, None] + jnp.arange(k, dtype=jnp.int32)[None, :]
     drafts = jnp.take_along_axis(history, jnp.clip(at, 0, width - 1), axis=-1)
     drafts = jnp.where((start[:, None] >= 0) & (at < length[:, None]), drafts, last[:, None])
-    return drafts.astype(jnp.int32)
+    return drafts.astype(jnp.int32), found
 
 
 _DRAFT_SALT = 0x5D  # a draft model's draw for position q: fold_in(fold_in(key_b, q), _DRAFT_SALT)
@@ -411,17 +420,32 @@ def _loop(graphdef, state, dstate, tokens, lengths, req, prog, *, max_new, cache
         pos, cache, dcache, prog, hist, out, steps, drafted, acc = c
         live = ~prog.done & (prog.generated < max_new)
         cur = jnp.take_along_axis(hist, pos[:, None], axis=-1)
+        at = pos[:, None] + jnp.arange(k + 1, dtype=jnp.int32)[None, :]
+        model = dec._merge(graphdef, state)
+
+        def speculate(cache, drafts, dprobs):
+            logits, cache = model(jnp.concatenate([cur, drafts], axis=1), at, cache)
+            v = verify_impl(req.keys, drafts, dprobs, logits, pos + 1, req.params, static.apply,
+                            static.update, prog.procs)
+            return v, cache, jnp.int32(k)
+
         if drafter.graphdef is None:
-            drafts, dprobs = ngram_drafts(hist, pos + 1, k, drafter.ngram), None
+            drafts, found = _ngram_lookup(hist, pos + 1, k, drafter.ngram)
+
+            def plain(cache):  # no live row matched 2+ tokens: one position, as the plain loop
+                logits, cache = model(cur, pos[:, None], cache)
+                v = verify_impl(req.keys, drafts[:, :0], None, logits, pos + 1, req.params,
+                                static.apply, static.update, prog.procs)
+                pad = jnp.full((batch, k), -1, jnp.int32)
+                return v._replace(tokens=jnp.concatenate([v.tokens, pad], axis=1)), cache, \
+                    jnp.int32(0)
+
+            v, cache, n_drafts = lax.cond(jnp.any(found & live),
+                                          lambda c: speculate(c, drafts, None), plain, cache)
         else:
             drafts, dprobs, dcache = _model_drafts(dec._merge(drafter.graphdef, dstate), dcache,
                                                    cur[:, 0], pos, req, prog.procs, static, k)
-        feed = jnp.concatenate([cur, drafts], axis=1)
-        at = pos[:, None] + jnp.arange(k + 1, dtype=jnp.int32)[None, :]
-        model = dec._merge(graphdef, state)
-        logits, cache = model(feed, at, cache)
-        v = verify_impl(req.keys, drafts, dprobs, logits, pos + 1, req.params, static.apply,
-                        static.update, prog.procs)
+            v, cache, n_drafts = speculate(cache, drafts, dprobs)
 
         def emit(p, i):  # the i-th emitted token: stop checks as in the plain loop
             tok = v.tokens[:, i]
@@ -447,7 +471,7 @@ def _loop(graphdef, state, dstate, tokens, lengths, req, prog, *, max_new, cache
         prog2 = prog2._replace(procs=v.state)
         pos = pos + n
         steps = steps + live.astype(jnp.int32)
-        drafted = drafted + jnp.where(live, k, 0)
+        drafted = drafted + jnp.where(live, n_drafts, 0)
         acc = acc + jnp.where(live, jnp.minimum(v.accepted, n), 0)
         return pos, cache, dcache, prog2, hist, out, steps, drafted, acc
 
@@ -526,7 +550,9 @@ def generate_speculative(model: Any, prompts: Any, params: SamplingParams | None
     position `q` of request `b` then uses only `fold_in(key_b, q)`.
 
     Drafts: `draft="ngram"` (prompt lookup, `ngram_drafts`: free, good when the
-    output copies the prompt or itself), or a draft model following the
+    output copies the prompt or itself; a step where no live row's last 2
+    tokens (1 if `ngram=1`) occur earlier is a plain one-position step, since
+    single-token matches rarely predict well), or a draft model following the
     loop's model protocol with the target's vocabulary (a smaller model, or
     `truncated(model, n)`): it runs K+1 single-token steps per round on its
     own KV cache, each draft drawn from the full pipeline (same parameters and
