@@ -357,6 +357,9 @@ def test_generate_speculative_argument_errors():
     with pytest.raises(ValueError, match="return_logprobs"):
         decode.generate(model, [[1]], key=key, max_new_tokens=2, speculative="ngram",
                         return_logprobs=True)
+    with pytest.raises(ValueError, match="mesh"):
+        decode.generate(model, [[1]], key=key, max_new_tokens=2, speculative="ngram",
+                        mesh=jax.make_mesh((1, 1), ("data", "model")))
     with pytest.raises(ValueError, match="'ngram'"):
         decode.generate(model, [[1]], key=key, max_new_tokens=2, speculative="eagle")
     with pytest.raises(ValueError, match="draft_tokens"):

@@ -353,8 +353,8 @@ def generate(model: Any, prompts: Any, params: SamplingParams | None = None, *, 
         draft model (e.g. `nucleax.speculative.truncated(model, n)`):
         speculative decoding, exactly the same distribution (greedy: the same
         tokens); see `nucleax.speculative.generate_speculative`, which also
-        returns the acceptance counts. Not with `return_logprobs` or
-        `return_stats`.
+        returns the acceptance counts. Not with `return_logprobs`,
+        `return_stats` or `mesh`.
       draft_tokens: drafts per target call with `speculative` (static), >= 1.
       ngram: the longest suffix looked up by `speculative="ngram"`, >= 1.
       mesh, batch_axis, model_axis: run on a `jax.sharding.Mesh`: requests
@@ -366,8 +366,8 @@ def generate(model: Any, prompts: Any, params: SamplingParams | None = None, *, 
       a `GenerateOutput`.
     """
     if speculative is not None:
-        if return_logprobs or return_stats:
-            raise ValueError("return_logprobs and return_stats are not supported with "
+        if return_logprobs or return_stats or mesh is not None:
+            raise ValueError("return_logprobs, return_stats and mesh are not supported with "
                              f"speculative={speculative!r}; pass speculative=None for them")
         from .speculative import generate_speculative
 
