@@ -183,12 +183,14 @@ def test_traced_infinite_temperature_is_uniform_over_survivors(method):
 
 def test_huge_finite_temperature_matches_float64():
     """T = 1e38 is valid: (z - max) / T must not overflow for logits spanning 6e38."""
-    z = np.array([[3e38, -3e38, 0.0, 1e38, -np.inf]], np.float32)
-    for t in (1e38, 3e37):
+    z = np.array([[3e38, -3e38, 0.0, 1e38, -np.inf], [0.0, 1.28e37, 0.0, 0.0, -1e37]], np.float32)
+    # above 2**126, 1 / T is subnormal: a division done as a product by 1 / T must not flush it
+    for t in (float(np.finfo(np.float32).max), 2e38, 1e38, 3e37, 2e30):
         for method in METHODS:
             got = np.asarray(nx.probs(z, nx.SamplingParams(temperature=t), method=method))
-            _, want = reference_row(z[0], t)
-            np.testing.assert_allclose(got[0], want, atol=1e-6, err_msg=f"T={t} {method}")
+            for row in range(2):
+                _, want = reference_row(z[row], t)
+                np.testing.assert_allclose(got[row], want, atol=1e-6, err_msg=f"T={t} {method}")
 
 
 # -- integer fields: checked as given, never wrapped -------------------------------------------

@@ -23,7 +23,8 @@ _NEG_INF32 = np.float32(-np.inf)
 _ZERO32 = np.float32(0.0)
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
 _TINY32 = np.float32(np.finfo(np.float32).tiny)  # smallest normal float32, 1.2e-38
-_HUGE_T = np.float32(2.0**100)  # above this T, `x - zmax` is computed on halved values
+_HUGE_T = np.float32(2.0**100)  # above this T, weights are computed on scaled-down values
+_HUGE_T_SCALE = np.float32(2.0**-32)
 
 
 def flush_subnormal(x: jax.Array) -> jax.Array:
@@ -94,10 +95,12 @@ class Prepared:
         self.greedy = ~(t > 0) | ~self.valid  # T = 0, NaN, negative, or nothing finite
         self.t = jnp.where(self.greedy, jnp.float32(1.0), t)  # safe temperature (+inf allowed)
         self.uniform = self.t == jnp.inf  # T = +inf: every token alive weighs exp(0) = 1
-        # Rows with a huge T halve their logits before subtracting, so that
-        # `x - zmax` cannot overflow (a row may span up to 2 * 3.4e38) while
-        # `(x - zmax) / T` is finite. Halving is exact there; other rows use 1.
-        self._scale = jnp.where(self.t > _HUGE_T, jnp.float32(0.5), jnp.float32(1.0))
+        # Rows with a huge T scale logits, max and T by 2**-32 (exactly: a power
+        # of two) before `(x - zmax) / T`, so that `x - zmax` cannot overflow (a
+        # row may span 2 * 3.4e38) and `1 / T`, which XLA may use for the
+        # division, is not a subnormal flushed to 0 (T > 2**126). What the
+        # scaling loses (|x| < 2**-94) is below `T`'s resolution. Other rows: 1.
+        self._scale = jnp.where(self.t > _HUGE_T, _HUGE_T_SCALE, jnp.float32(1.0))
         self._zmax_s = self.zmax * self._scale
         self._t_s = self.t * self._scale
         vocab = self.z.shape[-1]
