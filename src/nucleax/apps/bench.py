@@ -1,6 +1,9 @@
 """Sampling benchmark: nucleax against baselines measured in the same run.
 
 Run as `nucleax bench sampling [options]` or `python benchmarks/sampling.py`.
+Workloads: `zipf` (slope 1.1, a nucleus of a few dozen tokens) and `wide` (slopes
+whose T=0.7 top-p 0.9 nucleus holds about 100, 1k, 10k and 50k tokens at V=151936);
+the measured nucleus width (median kept tokens per row) is reported next to each time.
 Prints a table of median step times (compile time reported separately) and,
 with `--json FILE`, writes the records there. Baselines: the one-pass floor
 (`jnp.max` over the vocabulary),
@@ -32,10 +35,17 @@ MIXES = {  # name: (temperature, top_k, top_p, min_p)
     "T": (0.7, 0, 1.0, 0.0),
     "T+k50": (0.7, 50, 1.0, 0.0),
     "T+p0.9": (0.7, 0, 0.9, 0.0),
+    "T+p0.95": (0.7, 0, 0.95, 0.0),
     "T+k50+p0.9": (0.7, 50, 0.9, 0.0),
     "minp0.05": (1.0, 0, 1.0, 0.05),
 }
 MIXED = "mixed"  # every row a different mix, cycling through MIXES
+
+# Wide-nucleus family: Zipf slopes whose T=0.7 top-p 0.9 nucleus holds about 100, 1,000,
+# 10,000 and 50,000 tokens at V=151936 (float64 calibration without noise; the benchmark
+# measures and reports the actual width of every workload).
+WIDE = {"wide100": 1.0081, "wide1k": 0.8919, "wide10k": 0.7954, "wide50k": 0.6851}
+WORKLOADS = ("zipf", "wide")
 
 
 def llm_like_logits(batch: int, vocab: int, dtype, seed: int = 0, slope: float = 1.1):
@@ -48,6 +58,20 @@ def llm_like_logits(batch: int, vocab: int, dtype, seed: int = 0, slope: float =
     ranks = np.argsort(rng.random((batch, vocab)), axis=1) + 1.0
     z = -slope * np.log(ranks) + rng.normal(0, 0.1, (batch, vocab))
     return jnp.asarray(z.astype(np.float32)).astype(dtype)
+
+
+def workloads(kind: str, batch: int, vocab: int, dtype) -> list[tuple[str, jax.Array]]:
+    """`(name, logits)` pairs of one workload family: `zipf` (slope 1.1) or `wide`."""
+    if kind == "zipf":
+        return [("zipf", llm_like_logits(batch, vocab, dtype))]
+    return [(name, llm_like_logits(batch, vocab, dtype, slope=slope))
+            for name, slope in WIDE.items()]
+
+
+def nucleus_width(z: jax.Array, params: nx.SamplingParams) -> float:
+    """Median over the rows of the number of surviving tokens (`nucleax.keep_mask`)."""
+    kept = np.asarray(jnp.sum(nx.keep_mask(z, params, method="sort"), axis=-1))
+    return float(np.median(kept))
 
 
 def row_params(mix: str, batch: int) -> nx.SamplingParams:
@@ -164,6 +188,9 @@ def add_arguments(ap: argparse.ArgumentParser, *, positive: Callable[[str, int],
                     choices=["float32", "bfloat16"], help="logits dtypes")
     ap.add_argument("--mix", nargs="+", default=[*MIXES, MIXED], choices=[*MIXES, MIXED],
                     help="parameter mixes (`mixed`: every row a different one)")
+    ap.add_argument("--workload", nargs="+", default=["zipf"], choices=WORKLOADS,
+                    help="logits: `zipf` (slope 1.1: the 0.9 nucleus holds a few dozen tokens) "
+                         "or `wide` (nuclei of about 100, 1k, 10k and 50k tokens at V=151936)")
     ap.add_argument("--full", action="store_true",
                     help="the whole grid: B 1 8 64 256, V 32000 49152 128256 151936 262144")
     ap.add_argument("--baselines", nargs="*", default=["floor", "categorical", "sort", "hf"],
@@ -200,42 +227,49 @@ def run(args: argparse.Namespace) -> int:
     hf = hf_flax_fn() if "hf" in args.baselines else None
     if "hf" in args.baselines and hf is None:
         print("# HF baseline: transformers 4.x not installed (pip install 'transformers<5')")
-    cols = ["B", "V", "dtype", "mix", "nucleax", "compile_s", "floor", "x_floor", "categorical",
-            "sort", "hf", "x_vs_hf", "x_vs_sort"]
+    cols = ["B", "V", "dtype", "workload", "mix", "nucleus", "nucleax", "compile_s", "floor",
+            "x_floor", "categorical", "sort", "hf", "x_vs_hf", "x_vs_sort"]
     print(" ".join(f"{c:>11}" for c in cols))
     records = []
     for vocab in args.vocab:
         for batch in args.batch:
             for dtype in args.dtype:
-                z = llm_like_logits(batch, vocab, jnp.dtype(dtype))
-                keys = jax.random.split(jax.random.key(0), batch)
-                key = jax.random.key(1)
-                floor = None
-                if "floor" in args.baselines:
-                    floor = measure(floor_fn, (key, z, None), args.reps, args.budget)
-                for mix in args.mix:
-                    params = row_params(mix, batch)
-                    ours = measure(lambda k, z, p: nx.sample(k, z, p, method=args.method),
-                                   (keys, z, params), args.reps, args.budget)
-                    rec = {**info, "B": batch, "V": vocab, "dtype": dtype, "mix": mix,
-                           "method": args.method, "nucleax_ms": ours["median_ms"],
-                           "nucleax_compile_s": ours["compile_s"]}
-                    if floor:
-                        rec["floor_ms"] = floor["median_ms"]
-                    if "categorical" in args.baselines:
-                        rec["categorical_ms"] = measure(categorical_fn, (key, z, params),
-                                                        args.reps, args.budget)["median_ms"]
-                    slow_ok = batch * vocab <= args.slow_limit
-                    if "sort" in args.baselines and slow_ok and mix != "greedy":
-                        rec["sort_ms"] = measure(sort_nucleus_fn, (key, z, params), args.reps,
-                                                 args.budget)["median_ms"]
-                    if hf is not None and slow_ok and mix != "greedy":
-                        rec["hf_ms"] = measure(hf(mix), (key, z, params), args.reps,
-                                               args.budget)["median_ms"]
-                    records.append(rec)
-                    print(_row(rec))
+                for kind in getattr(args, "workload", ["zipf"]):
+                    for name, z in workloads(kind, batch, vocab, jnp.dtype(dtype)):
+                        records.extend(_run_one(args, info, hf, batch, vocab, dtype, name, z))
     write_json(records, args.json)
     return 0
+
+
+def _run_one(args, info, hf, batch, vocab, dtype, name, z) -> list[dict]:
+    """Times every mix on one batch of logits; prints a row per mix."""
+    keys = jax.random.split(jax.random.key(0), batch)
+    key = jax.random.key(1)
+    floor = None
+    if "floor" in args.baselines:
+        floor = measure(floor_fn, (key, z, None), args.reps, args.budget)
+    records = []
+    for mix in args.mix:
+        params = row_params(mix, batch)
+        ours = measure(lambda k, z, p: nx.sample(k, z, p, method=args.method),
+                       (keys, z, params), args.reps, args.budget)
+        rec = {**info, "B": batch, "V": vocab, "dtype": dtype, "workload": name, "mix": mix,
+               "nucleus": nucleus_width(z, params), "method": args.method,
+               "nucleax_ms": ours["median_ms"], "nucleax_compile_s": ours["compile_s"]}
+        if floor:
+            rec["floor_ms"] = floor["median_ms"]
+        if "categorical" in args.baselines:
+            rec["categorical_ms"] = measure(categorical_fn, (key, z, params), args.reps,
+                                            args.budget)["median_ms"]
+        slow_ok = batch * vocab <= args.slow_limit
+        if "sort" in args.baselines and slow_ok and mix != "greedy":
+            rec["sort_ms"] = measure(sort_nucleus_fn, (key, z, params), args.reps,
+                                     args.budget)["median_ms"]
+        if hf is not None and slow_ok and mix != "greedy":
+            rec["hf_ms"] = measure(hf(mix), (key, z, params), args.reps, args.budget)["median_ms"]
+        records.append(rec)
+        print(_row(rec))
+    return records
 
 
 def write_json(records: list[dict], path: str | None) -> None:
@@ -254,7 +288,9 @@ def _row(r: dict) -> str:
     def ratio(num, den):
         return f"{r[num] / r[den]:.1f}x" if num in r and den in r else "-"
 
-    vals = [r["B"], r["V"], r["dtype"], r["mix"], ms("nucleax_ms"), f"{r['nucleax_compile_s']:.2f}",
+    vals = [r["B"], r["V"], r["dtype"], r.get("workload", "zipf"), r["mix"],
+            f"{r['nucleus']:.0f}" if "nucleus" in r else "-", ms("nucleax_ms"),
+            f"{r['nucleax_compile_s']:.2f}",
             ms("floor_ms"), ratio("nucleax_ms", "floor_ms"), ms("categorical_ms"), ms("sort_ms"),
             ms("hf_ms"), ratio("hf_ms", "nucleax_ms"), ratio("sort_ms", "nucleax_ms")]
     return " ".join(f"{v!s:>11}" for v in vals)
