@@ -350,3 +350,17 @@ def test_numpy_int_window_and_bad_method():
         nx.probs(z, params, window=True)
     with pytest.raises(ValueError, match=r"method must be one of .*got \['sort'\]"):
         nx.probs(z, params, method=["sort"])
+
+
+@pytest.mark.parametrize("t", [float(np.finfo(np.float32).max), 2e38])
+def test_processed_logprobs_use_the_one_weight_function(t):
+    """Processed log-probabilities are log(probs) for every token, also where XLA divides by a
+    huge T as a product by 1 / T (subnormal, flushed): they must come from Prepared.log_weights."""
+    z = np.array([[-4.0934765e37, 4.6911318e22, -np.inf], [0.0, 1.28e37, 1.0]], np.float32)
+    params = nx.SamplingParams(temperature=t)
+    out = nx.sample(jax.random.key(0), z, params, return_logprobs=True, top_n=3)
+    with np.errstate(divide="ignore"):
+        log_probs = np.log(np.asarray(nx.probs(z, params), np.float64))
+    np.testing.assert_allclose(out.top_logprobs, np.take_along_axis(log_probs, out.top_ids, -1),
+                               atol=1e-6)
+    np.testing.assert_allclose(out.logprobs, log_probs[[0, 1], out.tokens], atol=1e-6)
