@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._rows import NEG_INF, Prepared, blocks
+from ._rows import NEG_INF, Prepared, blocks, by_rows
 
 
 def argmax(z: jax.Array) -> jax.Array:
@@ -82,11 +82,11 @@ def draw(r: Prepared, tau: jax.Array, u: jax.Array,
     tau = jnp.where(r.greedy, r.zmax, tau)
     u = jnp.where(r.greedy, jnp.float32(0.0), jnp.asarray(u, jnp.float32))
     if window is None:
-        return _draw_blocks(r, tau, u)
+        return by_rows(_draw_blocks, r, tau, u)
     vals, ids = window
     inside = (tau > vals[:, -1]) & (vals[:, 0] > NEG_INF)
     return lax.cond(jnp.all(inside), lambda: _draw_window(r, tau, u, vals, ids),
-                    lambda: _draw_blocks(r, tau, u))
+                    lambda: by_rows(_draw_blocks, r, tau, u))
 
 
 def _draw_window(r: Prepared, tau, u, vals, ids) -> tuple[jax.Array, jax.Array]:

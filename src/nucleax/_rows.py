@@ -137,6 +137,40 @@ class Prepared:
         return jnp.exp(self.log_weights(x, tau))
 
 
+ROW_CHUNK = 8  # rows per group for `by_rows` on the CPU
+
+
+def by_rows(fn, r: Prepared, *xs: jax.Array):
+    """`fn(r, *xs)` computed on groups of `ROW_CHUNK` rows at a time on the CPU backend.
+
+    Every field of `r` and every `x` has the batch as leading axis; `fn` must
+    treat rows independently and return arrays with the batch as leading
+    axis. On the CPU, XLA's masked reductions over a `[64, 151936]` batch run
+    several times slower per element than over 8 rows (the working set leaves
+    the cache, and select-reductions are not vectorised), so a sequential
+    `lax.map` over row groups is 3-5x faster there. Other backends, batches
+    of at most `ROW_CHUNK` rows and batches not divisible by it run `fn` once.
+    The result is the same either way: each row's arithmetic is unchanged.
+    """
+    batch = r.z.shape[0]
+    if batch <= ROW_CHUNK or batch % ROW_CHUNK or jax.default_backend() != "cpu":
+        return fn(r, *xs)
+    n = batch // ROW_CHUNK
+    fields = dict(vars(r))
+
+    def split(x):
+        return x.reshape(n, ROW_CHUNK, *x.shape[1:])
+
+    def one(args):
+        part, parts = args
+        rr = object.__new__(Prepared)
+        rr.__dict__.update(part)
+        return fn(rr, *parts)
+
+    out = jax.lax.map(one, (jax.tree.map(split, fields), tuple(split(x) for x in xs)))
+    return jax.tree.map(lambda o: o.reshape(batch, *o.shape[2:]), out)
+
+
 def blocks(x: jax.Array, size: int, fill: float) -> jax.Array:
     """[B, V] -> [B, ceil(V/size), size], padding the tail with `fill`."""
     b, v = x.shape

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._rows import NEG_INF, Prepared, blocks
+from ._rows import NEG_INF, Prepared, blocks, by_rows
 
 METHODS = ("auto", "fast", "bisect", "sort")
 _WINDOW_BLOCK = 16  # block width for locating the window (best of 8..128 on a 2-core CPU)
@@ -90,7 +90,7 @@ def mass_limit(r: Prepared, total_k: jax.Array) -> jax.Array:
 
 def total_mass(r: Prepared, tau: jax.Array) -> jax.Array:
     """Sum over the whole row of exp((z - zmax)/T) for z >= tau."""
-    return jnp.sum(r.exp_weights(r.z, tau), axis=-1)
+    return by_rows(lambda r, tau: jnp.sum(r.exp_weights(r.z, tau), axis=-1), r, tau)
 
 
 def combine(r: Prepared, tau_k: jax.Array, tau_p: jax.Array) -> jax.Array:
@@ -218,7 +218,7 @@ def _window_threshold(r: Prepared, width: int) -> jax.Array:
     else:
         vals = None
         tau_k, undecided_k = jnp.full((batch,), NEG_INF, jnp.float32), r.k_on
-    tau_k = _fill_in(undecided_k & live, lambda: _bisect_top_k(r), tau_k)
+    tau_k = _fill_in(undecided_k & live, lambda: by_rows(_bisect_top_k, r), tau_k)
 
     if vals is not None:
         # When the window already holds every top-k survivor (its last value is
@@ -231,5 +231,6 @@ def _window_threshold(r: Prepared, width: int) -> jax.Array:
         total_k = lax.cond(jnp.any(p_on), lambda: total_mass(r, tau_k),
                            lambda: jnp.ones((batch,), jnp.float32))
         tau_p, undecided_p = jnp.full((batch,), NEG_INF, jnp.float32), r.p_on
-    tau_p = _fill_in(undecided_p & live, lambda: _bisect_top_p(r, tau_k, total_k), tau_p)
+    tau_p = _fill_in(undecided_p & live, lambda: by_rows(_bisect_top_p, r, tau_k, total_k),
+                     tau_p)
     return combine(r, tau_k, tau_p), (None if vals is None else (vals, ids))
