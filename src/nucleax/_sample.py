@@ -210,9 +210,7 @@ def sample_impl(key, logits, params, apply, state, return_logprobs, top_n, metho
 
     def logps(ids):  # processed and raw log-probabilities of token ids [B, n]
         zi = jnp.take_along_axis(r.z, ids, axis=-1)
-        alive = (zi >= tau[:, None]) & (zi > NEG_INF)
-        proc = jnp.where(alive, (zi - r.zmax[:, None]) / r.t[:, None] - log_total[:, None],
-                         -jnp.inf)
+        proc = r.log_weights(zi, tau) - log_total[:, None]  # the one safe weight function
         proc = jnp.where(r.greedy[:, None], jnp.where(ids == tokens[:, None], 0.0, -jnp.inf), proc)
         zr = jnp.take_along_axis(r_raw.z, ids, axis=-1)
         raw_lp = jnp.where(r_raw.valid[:, None] & (zr > NEG_INF),
