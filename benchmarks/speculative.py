@@ -5,13 +5,14 @@ Batch 1, greedy (so both paths must give the same tokens, which is checked), in 
 - plain `nucleax.decode.generate`;
 - `generate_speculative` with prompt lookup (`draft="ngram"`, K draft tokens, n-gram 3);
 - optionally a self-speculative draft: the target's first `--draft-layers` layers
-  (`nucleax.speculative.truncated`), an untrained early exit.
+  (`nucleax.speculative.truncated`), an untrained early exit (on the copy-text prompt only).
 
 Three prompts: one whose answer copies the prompt (repeat a paragraph word for word), where
 prompt lookup should accept most drafts; one asking to copy a code block renaming one function
 (the 135M model rewrites the code rather than copying it); and a free story.
 Every timing excludes compilation (one warm-up call first) and is the median of `--reps` runs
-of the whole call (prefill included).
+of the whole call (prefill included); the cases of a prompt run in turn, round after round, so
+that they share the load of a shared machine alike.
 
     python benchmarks/speculative.py                      # JSON to benchmarks/results
     python benchmarks/speculative.py --reps 1 --max-new-tokens 64 --json /tmp/s.json
@@ -26,7 +27,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -70,16 +73,19 @@ PROMPTS = {
 }
 
 
-def _timed(fn, reps: int) -> tuple[object, float]:
-    out = fn()  # compiles
-    jax.block_until_ready(out)
-    times = []
+def _interleaved(cases: dict[str, Callable[[], Any]], reps: int) -> dict[str, tuple[Any, float]]:
+    """Each case compiled (one call), then `reps` rounds running every case in turn: the median
+    seconds per case. Interleaving lets the cases share the machine's load (it is shared)."""
+    outs: dict[str, Any] = {}
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for name, fn in cases.items():
+        outs[name] = jax.block_until_ready(fn())
     for _ in range(reps):
-        t0 = time.perf_counter()
-        out = fn()
-        jax.block_until_ready(out)
-        times.append(time.perf_counter() - t0)
-    return out, statistics.median(times)
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            outs[name] = jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: (outs[name], statistics.median(times[name])) for name in cases}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,16 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in PROMPTS.items():
         ids = prompt_ids(tok, text)
         common = dict(key=key, max_new_tokens=args.max_new_tokens, stop_ids=tok.stop_ids)
-        plain, t_plain = _timed(lambda i=ids, c=common: decode.generate(model, [i], params, **c),
-                                args.reps)
+        cases: dict[str, Callable[[], Any]] = {
+            "plain": lambda i=ids, c=common: decode.generate(model, [i], params, **c)}
+        for label, draft in drafts:
+            if label != "ngram" and name != "copy-text":
+                continue  # the untrained early exit: one prompt is enough to see it
+            cases[label] = lambda d=draft, i=ids, c=common: generate_speculative(
+                model, [i], params, draft=d, draft_tokens=args.draft_tokens, **c)
+        results = _interleaved(cases, args.reps)
+        plain, t_plain = results.pop("plain")
         n_plain = int(plain.lengths[0])
         base = {"prompt": name, "prompt_tokens": len(ids), "batch": 1, "greedy": True}
         records.append({**base, "mode": "plain", "tokens": n_plain, "seconds": t_plain,
                         "tokens_per_s": n_plain / t_plain})
         print(f"{name:9s} plain            {n_plain:4d} tokens  {n_plain / t_plain:7.1f} tok/s")
-        for label, draft in drafts:
-            spec, t_spec = _timed(lambda d=draft, i=ids, c=common: generate_speculative(
-                model, [i], params, draft=d, draft_tokens=args.draft_tokens, **c), args.reps)
+        for label, (spec, t_spec) in results.items():
             n = int(spec.output.lengths[0])
             same = bool(np.array_equal(np.asarray(spec.output.tokens),
                                        np.asarray(plain.tokens)))
@@ -121,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             speedup = (n / t_spec) / (n_plain / t_plain)
             records.append({**base, "mode": f"speculative-{label}", "k": args.draft_tokens,
                             "tokens": n, "seconds": t_spec, "tokens_per_s": n / t_spec,
-                            "acceptance": acc, "tokens_per_target_step": per_step,
+                            "acceptance": acc, "drafted": int(spec.drafted[0]),
+                            "tokens_per_target_step": per_step,
                             "target_steps": int(spec.steps[0]), "speedup": speedup,
                             "same_tokens_as_plain": same})
             print(f"{name:9s} {label:16s} {n:4d} tokens  {n / t_spec:7.1f} tok/s  "

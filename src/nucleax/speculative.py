@@ -288,7 +288,7 @@ def ngram_drafts(history: jax.Array, length: jax.Array, k: int, ngram: int) -> j
 
 def _ngram_lookup(history: jax.Array, length: jax.Array, k: int,
                   ngram: int) -> tuple[jax.Array, jax.Array]:
-    """`ngram_drafts`, and whether each row matched at least `min(2, ngram)` tokens `[B]`."""
+    """`ngram_drafts`, and whether each row's last `ngram` tokens occur earlier `[B]`."""
     batch, width = history.shape
     idx = jnp.arange(width, dtype=jnp.int32)
     last = jnp.take_along_axis(history, jnp.maximum(length - 1, 0)[:, None], axis=-1)[:, 0]
@@ -302,8 +302,7 @@ def _ngram_lookup(history: jax.Array, length: jax.Array, k: int,
             hit = hit & (shifted == suffix[:, t:t + 1])
         latest = jnp.max(jnp.where(hit, idx[None, :], -1), axis=-1)
         start = jnp.where(latest >= 0, latest + n, start)
-        if n == min(2, ngram):
-            found = start >= 0
+        found = latest >= 0  # kept from the last pass, n = ngram
     at = start[:, None] + jnp.arange(k, dtype=jnp.int32)[None, :]
     drafts = jnp.take_along_axis(history, jnp.clip(at, 0, width - 1), axis=-1)
     drafts = jnp.where((start[:, None] >= 0) & (at < length[:, None]), drafts, last[:, None])
@@ -432,7 +431,7 @@ def _loop(graphdef, state, dstate, tokens, lengths, req, prog, *, max_new, cache
         if drafter.graphdef is None:
             drafts, found = _ngram_lookup(hist, pos + 1, k, drafter.ngram)
 
-            def plain(cache):  # no live row matched 2+ tokens: one position, as the plain loop
+            def plain(cache):  # no live row matched `ngram` tokens: one position, as plain
                 logits, cache = model(cur, pos[:, None], cache)
                 v = verify_impl(req.keys, drafts[:, :0], None, logits, pos + 1, req.params,
                                 static.apply, static.update, prog.procs)
@@ -550,9 +549,9 @@ def generate_speculative(model: Any, prompts: Any, params: SamplingParams | None
     position `q` of request `b` then uses only `fold_in(key_b, q)`.
 
     Drafts: `draft="ngram"` (prompt lookup, `ngram_drafts`: free, good when the
-    output copies the prompt or itself; a step where no live row's last 2
-    tokens (1 if `ngram=1`) occur earlier is a plain one-position step, since
-    single-token matches rarely predict well), or a draft model following the
+    output copies the prompt or itself; a step where no live row's last
+    `ngram` tokens occur earlier is a plain one-position step, since short
+    matches rarely predict well), or a draft model following the
     loop's model protocol with the target's vocabulary (a smaller model, or
     `truncated(model, n)`): it runs K+1 single-token steps per round on its
     own KV cache, each draft drawn from the full pipeline (same parameters and
@@ -562,7 +561,8 @@ def generate_speculative(model: Any, prompts: Any, params: SamplingParams | None
       draft: "ngram" or a draft model.
       draft_tokens: K, the drafts per step (static), >= 1. The prompt,
         `max_new_tokens` and K - 1 must fit the model's context.
-      ngram: the longest suffix looked up by prompt lookup (static), >= 1.
+      ngram: the longest suffix looked up by prompt lookup (static), >= 1; a
+        step drafts only when some live row's last `ngram` tokens match.
 
     Returns:
       a `SpeculativeOutput`: the `GenerateOutput` (no log-probabilities or
