@@ -137,6 +137,42 @@ def sort_nucleus_fn(key, z, params):
     return jax.random.categorical(key, jnp.where(s >= jnp.maximum(cut, kth), s, -jnp.inf))
 
 
+TPU_INFERENCE_FILE = "tpu_inference/layers/common/binary_search.py"
+
+
+def tpu_inference_fn(wheel: str | None):
+    """tpu-inference's sampler: temperature, its bit-search `topk_mask` / `topp_mask`, categorical.
+
+    `binary_search.py` is read at run time from the downloaded wheel (`pip download --no-deps
+    tpu-inference -d DIR`; the package's `__init__` imports vLLM, so only this file, which needs
+    only jax, is loaded). Returns a factory `make(mix)`, or None where no wheel is given.
+    """
+    if not wheel:
+        return None
+    import types
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as zf:
+        source = zf.read(TPU_INFERENCE_FILE).decode()
+    mod = types.ModuleType("tpu_inference_binary_search")
+    exec(compile(source, f"{wheel}/{TPU_INFERENCE_FILE}", "exec"), mod.__dict__)  # noqa: S102
+
+    def make(mix):
+        t, k, p, _ = MIXES.get(mix, MIXES["T+k50+p0.9"])
+
+        def fn(key, z, params):
+            s = z.astype(jnp.float32) / (t if t > 0 else 1.0)
+            if k:
+                s = mod.topk_mask(s, int(k), -jnp.inf)
+            if p < 1:
+                s = mod.topp_mask(s, float(p), -jnp.inf)
+            return jax.random.categorical(key, s) if t > 0 else jnp.argmax(s, axis=-1)
+
+        return fn
+
+    return make
+
+
 def hf_flax_fn():
     """HF transformers 4.x Flax warpers (one parameter set per batch, Python scalars)."""
     try:
@@ -223,7 +259,12 @@ def add_arguments(ap: argparse.ArgumentParser, *, positive: Callable[[str, int],
     ap.add_argument("--full", action="store_true",
                     help="the whole grid: B 1 8 64 256, V 32000 49152 128256 151936 262144")
     ap.add_argument("--baselines", nargs="*", default=["floor", "categorical", "sort", "hf"],
-                    choices=["floor", "categorical", "sort", "hf"], help="baselines to time")
+                    choices=["floor", "categorical", "sort", "hf", "tpu-inference"],
+                    help="baselines to time (tpu-inference needs --tpu-inference-wheel)")
+    ap.add_argument("--tpu-inference-wheel", default=os.environ.get("TPU_INFERENCE_WHEEL"),
+                    metavar="WHEEL",
+                    help="a tpu_inference-*.whl (pip download --no-deps tpu-inference): its "
+                         "binary_search.py is loaded from it at run time")
     ap.add_argument("--method", default="auto", choices=["auto", "fast", "bisect", "sort"],
                     help="nucleax's threshold method")
     ap.add_argument("--reps", type=positive("--reps", 15), default=15,
@@ -254,10 +295,16 @@ def run(args: argparse.Namespace) -> int:
           f"jax {info['jax']} on {info['backend']} ({info['device']})")
     print("# median ms per call, jitted, compile excluded; logits: Zipf-like (llm_like_logits)")
     hf = hf_flax_fn() if "hf" in args.baselines else None
+    tpu = None
+    if "tpu-inference" in args.baselines:
+        tpu = tpu_inference_fn(getattr(args, "tpu_inference_wheel", None))
+        if tpu is None:
+            print("# tpu-inference baseline: no wheel (give --tpu-inference-wheel)")
+    args.tpu_make = tpu
     if "hf" in args.baselines and hf is None:
         print("# HF baseline: transformers 4.x not installed (pip install 'transformers<5')")
     cols = ["B", "V", "dtype", "workload", "mix", "nucleus", "nucleax", "compile_s", "floor",
-            "x_floor", "categorical", "sort", "hf", "x_vs_hf", "x_vs_sort"]
+            "x_floor", "categorical", "sort", "hf", "x_vs_hf", "x_vs_sort", "tpu_inf", "x_vs_tpu"]
     print(" ".join(f"{c:>11}" for c in cols))
     records = []
     for vocab in args.vocab:
@@ -296,6 +343,10 @@ def _run_one(args, info, hf, batch, vocab, dtype, name, z) -> list[dict]:
                                      args.budget)["median_ms"]
         if hf is not None and slow_ok and mix != "greedy":
             rec["hf_ms"] = measure(hf(mix), (key, z, params), args.reps, args.budget)["median_ms"]
+        tpu = getattr(args, "tpu_make", None)
+        if tpu is not None and mix in MIXES and mix != "greedy":
+            rec["tpu_inference_ms"] = measure(tpu(mix), (key, z, params), args.reps,
+                                              args.budget)["median_ms"]
         records.append(rec)
         print(_row(rec))
     return records
@@ -321,7 +372,8 @@ def _row(r: dict) -> str:
             f"{r['nucleus']:.0f}" if "nucleus" in r else "-", ms("nucleax_ms"),
             f"{r['nucleax_compile_s']:.2f}",
             ms("floor_ms"), ratio("nucleax_ms", "floor_ms"), ms("categorical_ms"), ms("sort_ms"),
-            ms("hf_ms"), ratio("hf_ms", "nucleax_ms"), ratio("sort_ms", "nucleax_ms")]
+            ms("hf_ms"), ratio("hf_ms", "nucleax_ms"), ratio("sort_ms", "nucleax_ms"),
+            ms("tpu_inference_ms"), ratio("tpu_inference_ms", "nucleax_ms")]
     return " ".join(f"{v!s:>11}" for v in vals)
 
 
