@@ -286,6 +286,8 @@ def test_fuzz_traced_values_every_method(example):
         drawn = {int(results[m][2].tokens[i]) for m in METHODS}
         assert len(drawn) == 1, f"row {i}: methods drew {drawn}"
     STATS["traced examples"] += 1
+    STATS[f"traced examples with V={z.shape[-1]}"] += 1
+    STATS["rows with the same token in every method, checked"] += int(decided.sum())
 
     # Rows are independent: reverse the batch and replace its last row (the old first).
     perm = np.arange(B)[::-1]
