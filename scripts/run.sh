@@ -29,7 +29,7 @@ fi
 case "$job" in
   demo)  exec .venv/bin/nucleax demo "$@" ;;
   test)  .venv/bin/ruff check src tests benchmarks
-         exec .venv/bin/python -m pytest -q "$@" ;;
+         exec .venv/bin/python scripts/run_tests.py "$@" ;;
   bench) .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,bench]"
          exec .venv/bin/nucleax bench sampling "$@" ;;
   *) echo "usage: bash scripts/run.sh {demo|test|bench} [args]" >&2; exit 2 ;;
