@@ -21,11 +21,16 @@ The contract (what is sampled), in short:
    method.
 6. Bad input: host-known values raise ValueError/TypeError naming the argument.
    Inside jit (traced values), the fallbacks are: temperature NaN or < 0 is
-   greedy, +inf is uniform over the surviving tokens; top_k < -1 is off;
-   top_p <= 0 or NaN keeps only the most probable token(s), top_p > 1 is off;
-   min_p NaN is off and is clipped to [0, 1]. NaN logits count as -inf; a row
+   greedy, +inf is uniform over the top-k survivors; top_k < -1 is off, and
+   so is anything >= V (int64 beyond int32 is clipped, never wrapped); top_p
+   <= 0 or NaN keeps only the most probable token(s), top_p > 1 is off; min_p
+   NaN or <= 0 is off, >= 1 keeps the most probable token(s). Float32
+   subnormals count as 0 on every platform. NaN logits count as -inf; a row
    with +inf logits is uniform over them; a row with no finite logit gives
-   token 0, a point mass on token 0 in `probs`, and `valid = False`.
+   token 0, a point mass on token 0 in `probs`, and `valid = False`. The
+   processors' traced fallbacks: repetition_penalty <= 0 or NaN is off;
+   frequency/presence penalties NaN are off, others clipped to [-2, 2].
+   `jax_enable_x64` changes nothing: the arithmetic stays float32 / int32.
 """
 
 from . import processors

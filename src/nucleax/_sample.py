@@ -13,6 +13,7 @@ from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ._draw import dense_probs, draw
@@ -211,7 +212,9 @@ def sample_impl(key, logits, params, apply, state, return_logprobs, top_n, metho
     def logps(ids):  # processed and raw log-probabilities of token ids [B, n]
         zi = jnp.take_along_axis(r.z, ids, axis=-1)
         proc = r.log_weights(zi, tau) - log_total[:, None]  # the one safe weight function
-        proc = jnp.where(r.greedy[:, None], jnp.where(ids == tokens[:, None], 0.0, -jnp.inf), proc)
+        zero, minus_inf = jnp.float32(0.0), jnp.float32(-jnp.inf)  # float32 under x64 too
+        proc = jnp.where(r.greedy[:, None], jnp.where(ids == tokens[:, None], zero, minus_inf),
+                         proc)
         zr = jnp.take_along_axis(r_raw.z, ids, axis=-1)
         raw_lp = jnp.where(r_raw.valid[:, None] & (zr > NEG_INF),
                            (zr - r_raw.zmax[:, None]) - log_norm[:, None], -jnp.inf)
@@ -298,6 +301,8 @@ def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
                               return_logprobs=return_logprobs, top_n=top_n, method=method,
                               window=window)
     check_method(method, window)
+    if isinstance(top_n, np.integer):
+        top_n = int(top_n)
     if not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 0:
         raise ValueError(f"top_n must be an int >= 0, got {top_n!r}")
     params, apply, state = _setup(logits, params, processors, state)

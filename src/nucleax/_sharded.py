@@ -289,14 +289,16 @@ def logprobs(r: Prepared, tau, tokens, z_tok, total, n: int, raw: Prepared | Non
     """`(processed, raw)` log-probabilities of the tokens and of the top-n (as `_sample`)."""
     log_total = jnp.log(jnp.where(r.greedy, 1.0, total))
     src = r if raw is None else raw
-    lse = src.zmax + jnp.log(comm.vsum(jnp.sum(jnp.exp(src.z - src.zmax[:, None]), axis=-1)))
+    # log-sum-exp shifted by the row max, as `_sample`: precise for huge logits
+    log_norm = jnp.log(comm.vsum(jnp.sum(jnp.exp(src.z - src.zmax[:, None]), axis=-1)))
+    zero, minus_inf = jnp.float32(0.0), jnp.float32(-jnp.inf)
 
     def logps(zi, zi_raw, ids):
-        alive = (zi >= tau[:, None]) & (zi > NEG_INF)
-        proc = jnp.where(alive, (zi - r.zmax[:, None]) / r.t[:, None] - log_total[:, None],
-                         -jnp.inf)
-        proc = jnp.where(r.greedy[:, None], jnp.where(ids == tokens[:, None], 0.0, -jnp.inf), proc)
-        return proc, jnp.where(src.valid[:, None], zi_raw - lse[:, None], -jnp.inf)
+        proc = r.log_weights(zi, tau) - log_total[:, None]  # the one safe weight function
+        proc = jnp.where(r.greedy[:, None], jnp.where(ids == tokens[:, None], zero, minus_inf),
+                         proc)
+        raw_lp = (zi_raw - src.zmax[:, None]) - log_norm[:, None]
+        return proc, jnp.where(src.valid[:, None] & (zi_raw > NEG_INF), raw_lp, minus_inf)
 
     def lookup(z, ids):  # z[row, ids] for global ids [b, n], from whichever shard holds them
         local = ids - comm.offset()
