@@ -97,17 +97,25 @@ def _draw_window(r: Prepared, tau, u, vals, ids) -> tuple[jax.Array, jax.Array]:
     return jnp.take_along_axis(ids, j[:, None], axis=-1)[:, 0].astype(jnp.int32), total
 
 
-def _draw_blocks(r: Prepared, tau, u) -> tuple[jax.Array, jax.Array]:
-    size = _block_size(r.z.shape[-1])
-    zb = blocks(r.z, size, NEG_INF)
-    wb = r.exp_weights(zb, tau)
-    block_sum = jnp.sum(wb, axis=-1)
-    total = jnp.sum(block_sum, axis=-1)
-    target = u * total
+def locate_in_blocks(r: Prepared, tau, zb, block_sum, target):
+    """The two-level inverse CDF over a blocked row `zb [B, nb, size]` with block masses
+    `block_sum [B, nb]`: the first token whose cumulative weight exceeds `target`.
+
+    Returns `(b, j, zsel)`: the block, the index inside it, and that block's logits.
+    """
     cum_blocks = jnp.cumsum(block_sum, axis=-1)
     b = _first_crossing(cum_blocks, block_sum, target)
     before = jnp.take_along_axis(cum_blocks - block_sum, b[:, None], axis=-1)[:, 0]
     zsel = jnp.take_along_axis(zb, b[:, None, None], axis=1)[:, 0]
     wsel = r.exp_weights(zsel, tau)
     j = _first_crossing(before[:, None] + jnp.cumsum(wsel, axis=-1), wsel, target)
+    return b, j, zsel
+
+
+def _draw_blocks(r: Prepared, tau, u) -> tuple[jax.Array, jax.Array]:
+    size = _block_size(r.z.shape[-1])
+    zb = blocks(r.z, size, NEG_INF)
+    block_sum = jnp.sum(r.exp_weights(zb, tau), axis=-1)
+    total = jnp.sum(block_sum, axis=-1)
+    b, j, _ = locate_in_blocks(r, tau, zb, block_sum, u * total)
     return (b * size + j).astype(jnp.int32), total

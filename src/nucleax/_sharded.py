@@ -35,7 +35,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ._draw import _block_size, _first_crossing
+from ._draw import _block_size, _first_crossing, locate_in_blocks
 from ._keys import row_keys
 from ._rows import NEG_INF, Prepared, as_batch, blocks
 from ._truncation import (
@@ -237,12 +237,7 @@ def _draw_full(r: Prepared, tau, u, comm: Comm):
     zb = blocks(r.z, size, NEG_INF)
     block_sum = jnp.sum(r.exp_weights(zb, tau), axis=-1)
     mine, target, total = _pick_shard(jnp.sum(block_sum, axis=-1), u, comm)
-    cum_blocks = jnp.cumsum(block_sum, axis=-1)
-    b = _first_crossing(cum_blocks, block_sum, target)
-    before = jnp.take_along_axis(cum_blocks - block_sum, b[:, None], axis=-1)[:, 0]
-    zsel = jnp.take_along_axis(zb, b[:, None, None], axis=1)[:, 0]
-    wsel = r.exp_weights(zsel, tau)
-    j = _first_crossing(before[:, None] + jnp.cumsum(wsel, axis=-1), wsel, target)
+    b, j, zsel = locate_in_blocks(r, tau, zb, block_sum, target)
     tokens = (b * size + j).astype(jnp.int32)
     z_tok = jnp.take_along_axis(zsel, j[:, None], axis=-1)[:, 0]
     return *_chosen(mine, tokens, z_tok, comm), total
