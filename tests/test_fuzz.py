@@ -27,7 +27,6 @@ random examples on more sizes, up to V = 200k, and prints its counts.
 """
 
 import collections
-import contextlib
 import os
 
 import jax
@@ -36,6 +35,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
+from jaxmode import x64
 from npref import (
     cdf_interval,
     clean_row,
@@ -80,16 +80,6 @@ def _report():
     yield
     if STATS:
         print("\nfuzz counts: " + ", ".join(f"{k}={v}" for k, v in sorted(STATS.items())))
-
-
-@contextlib.contextmanager
-def x64():
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", before)
 
 
 # -- strategies --------------------------------------------------------------------------------

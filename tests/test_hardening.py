@@ -6,29 +6,18 @@ raw log-probabilities of huge logits, messages that show the value given.
 test_fuzz.py.)
 """
 
-import contextlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax._src import core, source_info_util
+from jaxmode import x64
 from npref import reference_row
 
 import nucleax as nx
 
 METHODS = ["auto", "bisect", "sort"]
-
-
-@contextlib.contextmanager
-def x64():
-    """`jax_enable_x64` on inside the block, restored after (even on failure)."""
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", before)
 
 
 def _ops(method):
