@@ -152,6 +152,22 @@ _NUMERIC = {  # name: (default, integer, off value)
     "presence_penalty": (0.0, False, 0.0),
     "min_tokens": (0, True, 0),
     "no_repeat_ngram_size": (0, True, 0),
+    # DRY (a processor, after the penalties)
+    "dry_multiplier": (0.0, False, 0.0),
+    "dry_base": (1.75, False, None),
+    "dry_allowed_length": (2, True, None),
+    "dry_range": (0, True, None),
+    # the wider catalogue (stage 3; SEMANTICS Part 2)
+    "top_n_sigma": (-1.0, False, lambda n: n < 0),
+    "typical_p": (1.0, False, 1.0),
+    "epsilon": (0.0, False, 0.0),
+    "eta": (0.0, False, 0.0),
+    "xtc_probability": (0.0, False, 0.0),
+    "xtc_threshold": (0.1, False, None),
+    "dynatemp_range": (0.0, False, 0.0),
+    "dynatemp_exponent": (1.0, False, None),
+    "mirostat_tau": (0.0, False, 0.0),
+    "mirostat_eta": (0.1, False, None),
 }
 _RANGES = {  # name: (predicate on a NumPy array, expected)
     "temperature": (lambda t: np.isfinite(t) & (t >= 0), "a finite number >= 0 (0 means greedy)"),
@@ -164,13 +180,39 @@ _RANGES = {  # name: (predicate on a NumPy array, expected)
     "presence_penalty": (lambda f: (f >= -2) & (f <= 2), "in [-2, 2] (0 means off)"),
     "min_tokens": (lambda n: n >= 0, "an integer >= 0 (0 means off)"),
     "no_repeat_ngram_size": (lambda n: n >= 0, "an integer >= 0 (0 means off)"),
+    "dry_multiplier": (lambda x: np.isfinite(x) & (x >= 0), "a finite number >= 0 (0 means off)"),
+    "dry_base": (lambda x: np.isfinite(x) & (x >= 1), "a finite number >= 1 (1.75 is usual)"),
+    "dry_allowed_length": (lambda n: n >= 1, "an integer >= 1"),
+    "dry_range": (lambda n: n >= 0, "an integer >= 0 (0 means the whole context)"),
+    "top_n_sigma": (np.isfinite, "a finite number (negative means off)"),
+    "typical_p": (lambda p: (p > 0) & (p <= 1), "in (0, 1] (1 means off)"),
+    "epsilon": (lambda e: (e >= 0) & (e < 1), "in [0, 1) (0 means off)"),
+    "eta": (lambda e: (e >= 0) & (e < 1), "in [0, 1) (0 means off)"),
+    "xtc_probability": (lambda a: (a >= 0) & (a <= 1), "in [0, 1] (0 means off)"),
+    "xtc_threshold": (lambda c: (c >= 0) & (c <= 1), "in [0, 1]"),
+    "dynatemp_range": (lambda d: np.isfinite(d) & (d >= 0), "a finite number >= 0 (0 means off)"),
+    "dynatemp_exponent": (lambda e: np.isfinite(e) & (e >= 0), "a finite number >= 0"),
+    "mirostat_tau": (lambda t: np.isfinite(t) & (t >= 0),
+                     "a finite number >= 0 (the target surprise in bits; 0 means off)"),
+    "mirostat_eta": (lambda e: np.isfinite(e) & (e >= 0), "a finite number >= 0"),
 }
-_LISTS = ("logit_bias", "allowed_token_ids", "bad_words", "stop", "stop_token_ids")
+_LISTS = ("logit_bias", "allowed_token_ids", "bad_words", "stop", "stop_token_ids",
+          "dry_sequence_breakers")
 _FIELDS = tuple(_NUMERIC) + ("ignore_eos",) + _LISTS
 # The processors that the named fields switch on (SEMANTICS step 1).
 PROCESSOR_FIELDS = ("allowed_token_ids", "bad_words", "min_tokens", "logit_bias",
                     "repetition_penalty", "frequency_penalty", "presence_penalty",
-                    "no_repeat_ngram_size")
+                    "no_repeat_ngram_size", "dry_multiplier")
+# The catalogue samplers (stage 3) and the fields each one reads.
+SAMPLER_FIELDS = {
+    "top_n_sigma": ("top_n_sigma",),
+    "typical_p": ("typical_p",),
+    "epsilon": ("epsilon",),
+    "eta": ("eta",),
+    "xtc": ("xtc_probability", "xtc_threshold"),
+    "dynatemp": ("dynatemp_range", "dynatemp_exponent"),
+    "mirostat": ("mirostat_tau", "mirostat_eta"),
+}
 
 
 def _as_bool(name: str, value: Any) -> Any:
@@ -192,7 +234,8 @@ def _pack(name: str, value: Any) -> Any:
         return pr.pack_bias(name, value)
     if name in ("bad_words", "stop"):
         return pr.pack_sequences(name, value)
-    return pr.pack_id_lists(name, value, allow_empty=name == "stop_token_ids")
+    return pr.pack_id_lists(name, value,
+                            allow_empty=name in ("stop_token_ids", "dry_sequence_breakers"))
 
 
 def _rows_in(name: str, value: Any) -> int | None:
@@ -206,6 +249,8 @@ def _is_off(value: Any, off: Any) -> bool:
     """True when the value is known on the host and off in every row."""
     if off is None or _is_traced(value):
         return False
+    if callable(off):
+        return bool(np.all(off(np.asarray(value))))
     return bool(np.all(np.asarray(value) == off))
 
 
@@ -267,17 +312,27 @@ class SamplingParams:
       SamplingParams(temperature=0.7, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.2)
     """
 
-    __slots__ = _FIELDS + ("_on",)
+    __slots__ = _FIELDS + ("_on", "_order")
 
     def __init__(self, temperature: Any = 1.0, top_k: Any = 0, top_p: Any = 1.0,
                  min_p: Any = 0.0, *, repetition_penalty: Any = 1.0,
                  frequency_penalty: Any = 0.0, presence_penalty: Any = 0.0,
-                 min_tokens: Any = 0, no_repeat_ngram_size: Any = 0, ignore_eos: Any = False,
+                 min_tokens: Any = 0, no_repeat_ngram_size: Any = 0,
+                 dry_multiplier: Any = 0.0, dry_base: Any = 1.75, dry_allowed_length: Any = 2,
+                 dry_range: Any = 0, top_n_sigma: Any = -1.0, typical_p: Any = 1.0,
+                 epsilon: Any = 0.0, eta: Any = 0.0, xtc_probability: Any = 0.0,
+                 xtc_threshold: Any = 0.1, dynatemp_range: Any = 0.0,
+                 dynatemp_exponent: Any = 1.0, mirostat_tau: Any = 0.0,
+                 mirostat_eta: Any = 0.1, ignore_eos: Any = False,
                  logit_bias: Any = None, allowed_token_ids: Any = None, bad_words: Any = None,
-                 stop: Any = None, stop_token_ids: Any = None):
+                 stop: Any = None, stop_token_ids: Any = None,
+                 dry_sequence_breakers: Any = None, order: Any = "nucleax"):
         given = dict(locals())
         for name in _FIELDS:
             object.__setattr__(self, name, self._convert(name, given[name]))
+        from .samplers import as_order
+
+        object.__setattr__(self, "_order", as_order(order))
         self._check_batch()
         self._set_on()
 
@@ -289,7 +344,7 @@ class SamplingParams:
         never does.
         """
         on = []
-        for name in PROCESSOR_FIELDS:
+        for name in PROCESSOR_FIELDS + tuple(f[0] for f in SAMPLER_FIELDS.values()):
             value = getattr(self, name)
             if name in _NUMERIC:
                 if not _is_off(value, _NUMERIC[name][2]):
@@ -323,15 +378,21 @@ class SamplingParams:
     # -- pytree protocol: unflatten bypasses validation (leaves may be tracers
     # or placeholders during tree transformations).
     def tree_flatten(self):
-        return tuple(getattr(self, n) for n in _FIELDS), self._on
+        return tuple(getattr(self, n) for n in _FIELDS), (self._on, self._order)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
         for name, value in zip(_FIELDS, children, strict=True):
             object.__setattr__(obj, name, value)
-        object.__setattr__(obj, "_on", aux)
+        object.__setattr__(obj, "_on", aux[0])
+        object.__setattr__(obj, "_order", aux[1])
         return obj
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """The stage-3 order: step names, temperature included (see `nucleax.samplers`)."""
+        return self._order
 
     @property
     def batch_size(self) -> int | None:
@@ -344,14 +405,19 @@ class SamplingParams:
 
     def replace(self, **changes: Any) -> SamplingParams:
         """Returns a copy with some fields replaced (and validated)."""
-        unknown = set(changes) - set(_FIELDS)
+        unknown = set(changes) - set(_FIELDS) - {"order"}
         if unknown:
             raise TypeError(f"unknown SamplingParams field(s) {sorted(unknown)}; "
-                            f"expected some of {list(_FIELDS)}")
+                            f"expected some of {list(_FIELDS) + ['order']}")
         obj = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(self),
                                            jax.tree_util.tree_leaves(self))
         for name, value in changes.items():
-            object.__setattr__(obj, name, self._convert(name, value))
+            if name == "order":
+                from .samplers import as_order
+
+                object.__setattr__(obj, "_order", as_order(value))
+            else:
+                object.__setattr__(obj, name, self._convert(name, value))
         obj._check_batch()
         obj._set_on()
         return obj
@@ -376,7 +442,18 @@ class SamplingParams:
 
     def processors_on(self) -> tuple[str, ...]:
         """The processor fields that run (not off in every row when the values were set)."""
-        return self._on
+        return tuple(n for n in self._on if n in PROCESSOR_FIELDS)
+
+    def samplers_on(self) -> tuple[str, ...]:
+        """The catalogue samplers that run (`"top_n_sigma"`, `"typical_p"`, `"epsilon"`,
+        `"eta"`, `"xtc"`, `"dynatemp"`, `"mirostat"`): those not off in every row."""
+        return tuple(s for s, fields in SAMPLER_FIELDS.items() if fields[0] in self._on)
+
+    def sampler_rows(self, batch: int) -> dict[str, jax.Array]:
+        """Every catalogue field broadcast to a `[batch]` float32 array, by field name."""
+        self.check_batch(batch)
+        return {name: jnp.broadcast_to(jnp.asarray(getattr(self, name), jnp.float32), (batch,))
+                for fields in SAMPLER_FIELDS.values() for name in fields}
 
     def processors(self, eos_ids: Any = (), *, extra: Any = None) -> Any:
         """The chain of logits processors these values switch on, then `extra`; None if empty.
@@ -418,6 +495,10 @@ class SamplingParams:
             parts.append(pr.output_penalties(self.frequency_penalty, self.presence_penalty))
         if "no_repeat_ngram_size" in on:
             parts.append(pr.no_repeat_ngram(self.no_repeat_ngram_size))
+        if "dry_multiplier" in on:
+            parts.append(pr.dry_from_packed(self.dry_multiplier, self.dry_base,
+                                            self.dry_allowed_length, self.dry_range,
+                                            self.dry_sequence_breakers))
         if extra is not None:
             extras = pr.as_list(extra)
             for proc in extras:
@@ -490,6 +571,11 @@ class SamplingParams:
                     raise ValueError(f"stack: {name} differs between settings; pass per-row "
                                      f"lists to SamplingParams({name}=[...]) instead")
             object.__setattr__(out, name, first)
+        orders = {s.order for s in settings}
+        if len(orders) > 1:
+            raise ValueError(f"stack: the settings have different orders {sorted(orders)}; "
+                             "one batch runs one order (make one batch per order)")
+        object.__setattr__(out, "_order", settings[0].order)
         out._check_batch()
         out._set_on()
         return out
@@ -529,13 +615,19 @@ class SamplingParams:
         for name in _FIELDS:
             value = getattr(self, name)
             if name not in _KNOBS:
-                if name in _NUMERIC and _is_off(value, _NUMERIC[name][2]):
+                default, _, off = _NUMERIC.get(name, (None, None, None))
+                if name in _NUMERIC and _is_off(value, default if off is None else off):
                     continue
                 if name == "ignore_eos" and _is_off(value, False):
                     continue
                 if name in _LISTS and not (value[0] if name == "logit_bias" else value).size:
                     continue
             parts.append(f"{name}={show(value)}")
+        from .samplers import DEFAULT, ORDERS, name_of
+
+        if self._order != DEFAULT:
+            name = name_of(self._order)
+            parts.append(f"order={name!r}" if name in ORDERS else f"order={self._order!r}")
         return f"SamplingParams({', '.join(parts)})"
 
     def __eq__(self, other: object) -> bool:
@@ -543,7 +635,7 @@ class SamplingParams:
             return NotImplemented
         try:
             a, b = jax.tree_util.tree_leaves(self), jax.tree_util.tree_leaves(other)
-            return len(a) == len(b) and all(
+            return self._order == other._order and len(a) == len(b) and all(
                 np.shape(x) == np.shape(y) and np.array_equal(np.asarray(x), np.asarray(y))
                 for x, y in zip(a, b, strict=True))
         except (TypeError, jax.errors.TracerArrayConversionError):
