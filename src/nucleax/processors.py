@@ -24,7 +24,7 @@ The built-in processors implement the contract's step 1 (SEMANTICS Part 2); in
 the default order that `SamplingParams.processors()` builds (vLLM's):
 `allowed_token_ids`, `bad_words`, `min_tokens`, `logit_bias`,
 `repetition_penalty`, `frequency_penalty` / `presence_penalty`,
-`no_repeat_ngram`.
+`no_repeat_ngram`, then `dry`.
 
 Per-row values: every factory takes one value for every row (a scalar, or one
 list) or one per row (a `[B]` array, or a list of `B` lists). Ragged lists
@@ -47,6 +47,7 @@ __all__ = [
     "AllowedState",
     "BadWordsState",
     "BiasState",
+    "DryState",
     "MinTokensState",
     "NgramState",
     "OutputCountsState",
@@ -55,6 +56,7 @@ __all__ = [
     "allowed_token_ids",
     "bad_words",
     "chain",
+    "dry",
     "frequency_penalty",
     "logit_bias",
     "min_tokens",
@@ -633,6 +635,169 @@ def _ngram_update(state: NgramState, tokens: jax.Array) -> NgramState:
                           match=jnp.where(live_col, new_match, match))
 
 
+class DryState(NamedTuple):
+    multiplier: jax.Array  # [B] float32 (0 = off)
+    base: jax.Array  # [B] float32
+    allowed_length: jax.Array  # [B] int32
+    range: jax.Array  # [B] int32 (0 = the whole context)
+    breaker: jax.Array  # [B, V] bool: the row's sequence breakers
+    history: jax.Array  # [B, H] int32: prompt then output, -1 after its end
+    length: jax.Array  # [B] int32: tokens in `history`
+    match: jax.Array  # [B, H] int32: breaker-free common suffix of history[:j] and history[:length]
+
+
+def dry(multiplier: Any, base: Any = 1.75, allowed_length: Any = 2, range: Any = 0,
+        sequence_breakers: Any = ()) -> Processor:
+    """DRY, "don't repeat yourself" (llama.cpp / koboldcpp): penalise extending a repeat.
+
+    The context `c_0 .. c_{L-1}` is the prompt then the output so far. With
+    `range = R > 0` only its last R tokens are looked at (`s = max(0, L - R)`;
+    `R = 0`: `s = 0`). For each follower position `j` in `[s, L - 1]`, `m_j`
+    is the largest `n >= 0` with `c_{j-n} .. c_{j-1} == c_{L-n} .. c_{L-1}`,
+    `j - n >= s`, and none of those n tokens a sequence breaker (the two
+    copies may overlap). A candidate x gets `n_x = max m_j` over the j with
+    `c_j == x` (x never seen: no penalty); a breaker is never penalised. Then::
+
+        z_x -= multiplier * base ** (n_x - allowed_length)   if n_x >= allowed_length
+
+    So when the context ends with a breaker nothing is penalised. The history
+    holds the last `H = prompt width + max_new_tokens` tokens (older ones are
+    forgotten, as in `no_repeat_ngram`); each `update` costs `O(H)` per row.
+
+    Traced values that the host would reject fall back safely: a NaN or
+    negative multiplier is 0 (off), a base below 1 (or NaN) is 1, an
+    `allowed_length` below 1 is 1 and a negative range is 0 (the whole
+    context). A penalty too large for float32 (a huge multiplier, base or
+    match length) gives `-inf`: the token is banned, never NaN.
+
+    Args:
+      multiplier: float `>= 0`, a scalar or `[B]`; 0 is off.
+      base: float `>= 1`, a scalar or `[B]` (1.75 is usual).
+      allowed_length: int `>= 1`, a scalar or `[B]`: repeats this long are free.
+      range: int `>= 0`, a scalar or `[B]`: how many of the last tokens to
+        look at; 0 is the whole context.
+      sequence_breakers: token ids that end a match (e.g. newline, `:`), one
+        list for every row or one list (or `None`) per row.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> p = dry(1.0, base=2.0, allowed_length=2)
+      >>> s = p.init(jnp.array([[1, 2, 3, 4, 1, 2, 3]]), jnp.array([7]), 5, 0)
+      >>> p.apply(s, jnp.zeros((1, 5))).tolist()  # [1, 2, 3] was followed by 4
+      [[0.0, 0.0, 0.0, 0.0, -2.0]]
+      >>> p = dry(1.0, base=2.0, allowed_length=2, sequence_breakers=[2])
+      >>> s = p.init(jnp.array([[1, 2, 3, 4, 1, 2, 3]]), jnp.array([7]), 5, 0)
+      >>> p.apply(s, jnp.zeros((1, 5))).tolist()  # the match [3] stops at the breaker
+      [[0.0, 0.0, 0.0, 0.0, 0.0]]
+
+    Reference: p-e-w's DRY sampler (text-generation-webui, 2024; llama.cpp's
+    `dry` sampler), with the exact rule above.
+    """
+    checks = (("multiplier", multiplier, lambda x: np.isfinite(x) & (x >= 0),
+               "a finite number >= 0 (0 means off)"),
+              ("base", base, lambda x: np.isfinite(x) & (x >= 1), "a finite number >= 1"),
+              ("allowed_length", allowed_length, lambda x: x >= 1, "an integer >= 1"),
+              ("range", range, lambda x: x >= 0, "an integer >= 0 (0 means the whole context)"))
+    for name, value, ok, expected in checks:
+        if isinstance(value, jax.core.Tracer):
+            continue
+        arr = np.asarray(value)
+        integer = name in ("allowed_length", "range")
+        if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or (
+                not integer and np.issubdtype(arr.dtype, np.floating))) or arr.ndim > 1:
+            kind = "an integer" if integer else "a number"
+            raise TypeError(f"dry {name} must be {kind} or a [B] array, got {value!r}")
+        if not np.all(ok(arr)):
+            raise ValueError(f"dry {name} must be {expected}, got {value!r}")
+    return dry_from_packed(multiplier, base, allowed_length, range,
+                           pack_id_lists("sequence_breakers", sequence_breakers, allow_empty=True))
+
+
+def dry_from_packed(multiplier: Any, base: Any, allowed_length: Any, range: Any,
+                    breakers: Any) -> Processor:
+    """`dry` with the sequence breakers already packed (`[L]` or `[B, L]`, -1 padded)."""
+
+    def init(prompts, lengths, vocab, max_new_tokens):
+        _check_ids("dry_sequence_breakers", breakers, vocab)
+        batch, width = prompts.shape
+        cap = max(width + int(max_new_tokens), 1)
+        ids = _per_row(breakers, batch, 1)
+        return _dry_init(_rows_of(multiplier, batch, jnp.float32),
+                         _rows_of(base, batch, jnp.float32),
+                         _rows_of(allowed_length, batch, jnp.int32),
+                         _rows_of(range, batch, jnp.int32),
+                         _scatter_rows((batch, vocab), ids, True, add=False),
+                         jnp.asarray(prompts, jnp.int32), jnp.asarray(lengths, jnp.int32), cap)
+
+    return Processor(init, _dry_apply, _dry_update)
+
+
+@functools.partial(jax.jit, static_argnames=("cap",))
+def _dry_init(multiplier, base, allowed_length, range_, breaker, prompts, lengths,
+              cap: int) -> DryState:
+    """The DRY state after replaying each prompt's tokens (compiled once per shape)."""
+    batch, width = prompts.shape
+    state = DryState(multiplier, base, allowed_length, range_, breaker,
+                     jnp.full((batch, cap), -1, jnp.int32), jnp.zeros((batch,), jnp.int32),
+                     jnp.zeros((batch, cap), jnp.int32))
+    if width == 0:
+        return state
+    cols = jnp.arange(width)[None, :] < lengths[:, None]
+    toks = jnp.where(cols, prompts, -1).T  # [T, B]
+    return jax.lax.fori_loop(0, width, lambda i, s: _dry_update(s, toks[i]), state)
+
+
+def _dry_apply(state: DryState, logits: jax.Array) -> jax.Array:
+    batch, vocab = logits.shape
+    hist, length = state.history, state.length[:, None]
+    cols = jnp.arange(hist.shape[1])[None, :]
+    window = state.range[:, None]
+    start = jnp.where(window > 0, jnp.maximum(length - window, 0), 0)
+    follower = (cols >= start) & (cols < length)
+    # m_j, capped by the window: the match may not reach before `start`.
+    m = jnp.where(follower, jnp.minimum(state.match, cols - start), -1)
+    ids = jnp.where(follower, hist, vocab)  # out of bounds: dropped
+    rows = jnp.broadcast_to(jnp.arange(batch)[:, None], ids.shape)
+    n = jnp.full((batch, vocab), -1, jnp.int32).at[rows, ids].max(m, mode="drop")
+    n = jnp.where(state.breaker, -1, n)
+    mult = state.multiplier
+    mult = jnp.where(mult > 0, mult, 0.0)[:, None]  # NaN, negative: off
+    base = jnp.where(state.base >= 1, state.base, 1.0)[:, None]
+    allowed = jnp.maximum(state.allowed_length, 1)[:, None]
+    hit = (n >= allowed) & (mult > 0)
+    exponent = jnp.maximum(n - allowed, 0).astype(jnp.float32)
+    penalty = mult * jnp.power(base, exponent)
+    z = logits.astype(jnp.float32)
+    out = jnp.where(jnp.isinf(penalty), NEG_INF, z - penalty)
+    return jnp.where(hit, out, z).astype(logits.dtype)
+
+
+def _dry_update(state: DryState, tokens: jax.Array) -> DryState:
+    hist, length, match = state.history, state.length, state.match
+    batch, cap = hist.shape
+    live = tokens >= 0
+    full = length >= cap
+    # Slide the window by one when full (the oldest token is forgotten).
+    slide = (live & full)[:, None]
+    hist = jnp.where(slide, jnp.roll(hist, -1, axis=1).at[:, -1].set(-1), hist)
+    match = jnp.where(slide, jnp.roll(match, -1, axis=1).at[:, -1].set(0), match)
+    length = jnp.where(live & full, cap - 1, length)
+    # Appending t: new match[j] = match[j - 1] + 1 if history[j - 1] == t and t
+    # is not a breaker, else 0.
+    rows = jnp.arange(batch)
+    vocab = state.breaker.shape[1]
+    is_breaker = state.breaker[rows, jnp.clip(tokens, 0, max(vocab - 1, 0))] & live
+    prev_tok = jnp.concatenate([jnp.full((batch, 1), -1, jnp.int32), hist[:, :-1]], 1)
+    prev_match = jnp.concatenate([jnp.zeros((batch, 1), jnp.int32), match[:, :-1]], 1)
+    extend = (prev_tok == tokens[:, None]) & ~is_breaker[:, None]
+    new_match = jnp.where(extend, prev_match + 1, 0)
+    new_hist = hist.at[rows, jnp.minimum(length, cap - 1)].set(tokens)
+    live_col = live[:, None]
+    return state._replace(history=jnp.where(live_col, new_hist, hist),
+                          length=jnp.where(live, length + 1, length),
+                          match=jnp.where(live_col, new_match, match))
+
+
 # ----------------------------------------------------------------------------
 # Composition
 
@@ -684,7 +849,7 @@ def builtin_fields(proc: Processor) -> tuple[str, ...]:
               _min_tokens_apply: ("min_tokens",), _bias_apply: ("logit_bias",),
               _repetition_apply: ("repetition_penalty",),
               _output_apply: ("frequency_penalty", "presence_penalty"),
-              _ngram_apply: ("no_repeat_ngram_size",)}
+              _ngram_apply: ("no_repeat_ngram_size",), _dry_apply: ("dry_multiplier",)}
     return tuple(n for f in applies(proc.apply) for n in fields.get(f, ()))
 
 
