@@ -19,6 +19,19 @@ Thresholds (documented, deliberately simple):
 - With `logits` at hand, the actual distribution decides: a row where only
   one token survives is greedy in effect; a row where more than
   `MANY_SURVIVORS = 1000` tokens survive above T=1 is sampling the noisy tail.
+
+Contradictions among the wider catalogue (SEMANTICS Part 2):
+
+- mirostat on together with top-k, top-p, min-p or typical: mirostat
+  replaces them, so they are ignored;
+- an XTC threshold above 0.5 can never fire (two tokens cannot both hold
+  probability >= c > 0.5); a threshold of 0 with XTC on removes every token
+  but the least likely ones;
+- `top_n_sigma = 0` keeps the largest logit only: greedy in disguise;
+- `dynatemp_range > temperature`: the lowest temperature `T - range` is
+  clipped at 0;
+- a sampler on but absent from `params.order` (say typical with
+  `order="vllm"`): sampling raises; `missing_steps` names them.
 """
 
 from __future__ import annotations
@@ -30,14 +43,18 @@ import numpy as np
 
 from .._params import SamplingParams
 
-__all__ = ["HIGH_TEMPERATURE", "LOW_TOP_K", "LOW_TOP_P", "MANY_SURVIVORS", "SamplingWarning",
-           "check"]
+__all__ = ["HIGH_TEMPERATURE", "LOW_TOP_K", "LOW_TOP_P", "MANY_SURVIVORS", "XTC_NEVER",
+           "SamplingWarning", "check", "missing_steps"]
 
 HIGH_TEMPERATURE = 1.3
 LOW_TOP_P = 0.3
 LOW_TOP_K = 3
 LOW_TEMPERATURE = 0.3
 MANY_SURVIVORS = 1000
+XTC_NEVER = 0.5  # above it, XTC can never fire
+# the fields `check` reads per row, besides the four knobs
+_CATALOGUE = ("top_n_sigma", "typical_p", "epsilon", "eta", "xtc_probability", "xtc_threshold",
+              "dynatemp_range", "mirostat_tau")
 
 
 class SamplingWarning(UserWarning):
@@ -71,6 +88,54 @@ def _row_warnings(t: float, k: int, p: float, m: float) -> list[str]:
     return out
 
 
+def _catalogue_warnings(t: float, k: int, p: float, m: float, c: dict[str, float]) -> list[str]:
+    """The wider catalogue's contradictions in one row (`c`: its values by field name)."""
+    out = []
+    if c["mirostat_tau"] > 0:
+        ignored = [name for name, on in (("top_k", k > 0), ("top_p", p < 1), ("min_p", m > 0),
+                                         ("typical_p", c["typical_p"] < 1)) if on]
+        if ignored:
+            out.append(f"mirostat is on (tau {c['mirostat_tau']:g}): it replaces "
+                       f"{', '.join(ignored)}, which are ignored; switch them off or mirostat")
+    a, thr = c["xtc_probability"], c["xtc_threshold"]
+    if a > 0 and thr > XTC_NEVER:
+        out.append(f"xtc_threshold {thr:g} > {XTC_NEVER}: XTC can never fire (two tokens cannot "
+                   f"both have probability >= {thr:g}); use a threshold <= 0.5, e.g. 0.1")
+    if a > 0 and thr == 0:
+        out.append("xtc_threshold 0 with xtc_probability > 0: every token is a top choice, so "
+                   "XTC removes all but the least likely tokens; use e.g. 0.1")
+    if c["top_n_sigma"] == 0:
+        out.append("top_n_sigma 0 keeps only the largest logit: this is greedy decoding in "
+                   "disguise (negative switches top-n-sigma off)")
+    d = c["dynatemp_range"]
+    if d > 0 and d > t:
+        out.append(f"dynatemp_range {d:g} > temperature {t:g}: the lowest temperature "
+                   f"{t:g} - {d:g} is clipped at 0, so low-entropy steps turn greedy")
+    return out
+
+
+def missing_steps(params: SamplingParams) -> list[str]:
+    """The samplers that `params` switches on but whose step `params.order` lacks.
+
+    Names as in `SamplingParams.samplers_on` (plus `top_k`, `top_p`, `min_p`);
+    sampling with such params raises (`nucleax.samplers`).
+
+    Example:
+      >>> missing_steps(SamplingParams(typical_p=0.9, order="vllm"))
+      ['typical_p']
+    """
+    from ..samplers import STEP_OF
+
+    needed = [(name, STEP_OF[name]) for name in params.samplers_on() if name in STEP_OF]
+    offs = {"top_k": lambda v: (v == 0) | (v == -1), "top_p": lambda v: v == 1,
+            "min_p": lambda v: v == 0}
+    for name, off in offs.items():
+        value = getattr(params, name)
+        if isinstance(value, np.ndarray | np.generic) and not np.all(off(np.asarray(value))):
+            needed.append((name, name))
+    return [name for name, step in needed if step not in params.order]
+
+
 def check(params: SamplingParams, logits: Any = None, *, warn: bool = True) -> list[str]:
     """Warnings for `params` (per row if it has `[B]` values), optionally on `logits`.
 
@@ -89,8 +154,11 @@ def check(params: SamplingParams, logits: Any = None, *, warn: bool = True) -> l
                                   else int(np.shape(logits)[0]))
     cols = [np.broadcast_to(np.asarray(getattr(params, name)), (batch,))
             for name in ("temperature", "top_k", "top_p", "min_p")]
+    more = {name: np.broadcast_to(np.asarray(getattr(params, name)), (batch,))
+            for name in _CATALOGUE}
     survivors = None
-    if logits is not None:
+    missing = missing_steps(params)
+    if logits is not None and not missing:  # (with a step missing, sampling raises)
         from .._sample import keep_mask
 
         mask = np.asarray(keep_mask(logits, params))
@@ -102,6 +170,8 @@ def check(params: SamplingParams, logits: Any = None, *, warn: bool = True) -> l
         t, k, p, m = (float(cols[0][row]), int(cols[1][row]), float(cols[2][row]),
                       float(cols[3][row]))
         found = _row_warnings(t, k, p, m)
+        if t > 0:
+            found += _catalogue_warnings(t, k, p, m, {n: float(v[row]) for n, v in more.items()})
         if survivors is not None and t > 0 and k != 1:
             n = int(survivors[row])
             if n == 1:
@@ -112,6 +182,12 @@ def check(params: SamplingParams, logits: Any = None, *, warn: bool = True) -> l
                              "the noisy tail is being sampled; consider a lower top-p or a min-p")
         prefix = f"row {row}: " if batch > 1 and params.batch_size else ""
         messages += [prefix + f for f in found]
+    if missing:
+        from ..samplers import name_of
+
+        messages.append(f"{', '.join(missing)} on, but order {name_of(params.order)!r} has no "
+                        "such step: sampling raises; use order='nucleax' (every sampler) or an "
+                        "order with those steps")
     messages = list(dict.fromkeys(messages))  # scalar params: one message, not B copies
     if warn:
         for msg in messages:
