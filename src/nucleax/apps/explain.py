@@ -57,9 +57,14 @@ def _scalar(p: SamplingParams, name: str, default: Any) -> Any:
 def label(p: SamplingParams) -> str:
     """A short label: `T=0.7 k=50 p=0.9 min_p=0.05` (knobs that are off are omitted).
 
+    The wider catalogue shows as `nsigma=N typical=P eps=E eta=H xtc=A/C
+    dynatemp=D^E mirostat=TAU/ETA dry=M` (only those that are on).
+
     Example:
       >>> label(SamplingParams(temperature=0.7, top_p=0.9))
       'T=0.7 p=0.9'
+      >>> label(SamplingParams(temperature=0.7, typical_p=0.9, xtc_probability=0.5))
+      'T=0.7 typical=0.9 xtc=0.5/0.1'
     """
     t, k = _scalar(p, "temperature", 1.0), _scalar(p, "top_k", 0)
     tp, m = _scalar(p, "top_p", 1.0), _scalar(p, "min_p", 0.0)
@@ -74,7 +79,31 @@ def label(p: SamplingParams) -> str:
         v = _scalar(p, name, off)
         if v != off:
             parts.append(f"{short}={v:g}")
+    parts += _catalogue_parts(p)
     return " ".join(parts)
+
+
+def _catalogue_parts(p: SamplingParams) -> list[str]:
+    """Label parts of the wider catalogue and DRY: `typical=0.9`, `xtc=0.5/0.1`, ..."""
+    get = lambda name, default: _scalar(p, name, default)  # noqa: E731
+    parts = []
+    if get("top_n_sigma", -1.0) >= 0:
+        parts.append(f"nsigma={get('top_n_sigma', -1.0):g}")
+    if get("typical_p", 1.0) < 1:
+        parts.append(f"typical={get('typical_p', 1.0):g}")
+    for name, short in (("epsilon", "eps"), ("eta", "eta")):
+        if get(name, 0.0) > 0:
+            parts.append(f"{short}={get(name, 0.0):g}")
+    if get("xtc_probability", 0.0) > 0:
+        parts.append(f"xtc={get('xtc_probability', 0.0):g}/{get('xtc_threshold', 0.1):g}")
+    if get("dynatemp_range", 0.0) > 0:
+        e = get("dynatemp_exponent", 1.0)
+        parts.append(f"dynatemp={get('dynatemp_range', 0.0):g}" + (f"^{e:g}" if e != 1 else ""))
+    if get("mirostat_tau", 0.0) > 0:
+        parts.append(f"mirostat={get('mirostat_tau', 0.0):g}/{get('mirostat_eta', 0.1):g}")
+    if get("dry_multiplier", 0.0) > 0:
+        parts.append(f"dry={get('dry_multiplier', 0.0):g}")
+    return parts
 
 
 def settings_grid(temperature: Sequence[float] = (1.0,), top_k: Sequence[int] = (0,),
@@ -140,7 +169,7 @@ class Explanation(NamedTuple):
             return f"{v:>{width}.6f}" if v > 0 else f"{'0 (cut)':>{width}}"
 
         head = f"{'token':<{name_w}}{'logit':>8} " + "".join(f"{x:>{width}}" for x in self.labels)
-        lines = [head]
+        lines = [*self.samplers(), head]
         for i in rows:
             cells = "".join(cell(v) for v in self.probs[:, i])
             lines.append(f"{self.tokens[i]:<{name_w}}{self.logits[i]:>8.3f} {cells}")
@@ -154,6 +183,24 @@ class Explanation(NamedTuple):
             lines.append(f"{name:<{name_w + 9}}" + "".join(cells))
         return "\n".join(lines)
 
+    def samplers(self) -> list[str]:
+        """Lines naming the order and each setting's catalogue samplers, when any is on.
+
+        Empty when every setting runs only temperature / top-k / top-p / min-p in
+        the default order (the table then looks as it always did).
+        """
+        from ..samplers import DEFAULT, name_of
+
+        order = self.settings[0].order
+        on = [(lbl, s.samplers_on()) for lbl, s in zip(self.labels, self.settings, strict=True)]
+        if order == DEFAULT and not any(names for _, names in on):
+            return []
+        lines = [f"order {name_of(order)}: {' > '.join(order)} > draw (mirostat, where on, "
+                 "replaces top-k, typical, top-p and min-p, just before the draw)"]
+        lines += [f"samplers on in {lbl}: {', '.join(names) if names else 'none of the catalogue'}"
+                  for lbl, names in on]
+        return lines
+
     def to_json(self, rows: Sequence[int] | None = None) -> dict[str, Any]:
         """A JSON-ready dict of the same numbers (floats to 6 significant digits)."""
         rows = list(range(len(self.tokens))) if rows is None else list(rows)
@@ -161,7 +208,9 @@ class Explanation(NamedTuple):
         return rounded({
             "vocab_size": len(self.tokens),
             "entropy_unit": ENTROPY_UNIT,
-            "settings": [{"label": lbl, "params": s.scalars(), "survivors": int(n),
+            "order": list(self.settings[0].order),
+            "settings": [{"label": lbl, "params": s.scalars(), "samplers_on": list(s.samplers_on()),
+                          "survivors": int(n),
                           "entropy": float(h), "top_prob": float(tp)}
                          for lbl, s, n, h, tp in zip(self.labels, self.settings, self.survivors,
                                                      self.entropy, self.top_prob, strict=True)],
@@ -327,6 +376,12 @@ def plot_temperature_sweep(e: Explanation, path: str | Path, rows: Sequence[int]
 
 
 _PAGE = Path(__file__).with_name("explain.html")
+# The fields the page's controls hold, and their values when off (DRY, a processor, needs a
+# history that one row of logits does not have; mirostat shows its first step, mu = 2 tau).
+_PAGE_FIELDS = (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0), ("min_p", 0.0),
+                ("top_n_sigma", -1.0), ("typical_p", 1.0), ("epsilon", 0.0), ("eta", 0.0),
+                ("xtc_probability", 0.0), ("xtc_threshold", 0.1), ("dynatemp_range", 0.0),
+                ("dynatemp_exponent", 1.0), ("mirostat_tau", 0.0))
 
 
 def write_html(e: Explanation, path: str | Path, rows: Sequence[int] | None = None,
@@ -336,16 +391,23 @@ def write_html(e: Explanation, path: str | Path, rows: Sequence[int] | None = No
     The page embeds the full vocabulary's float32 logits (base64) and the
     names of the shown `rows`; its script implements the contract of
     `nucleax.probs` in float64 JavaScript over the whole vocabulary (one sort
-    when the page loads, then linear work per slider move).
+    when the page loads, then linear work per slider move): the four knobs,
+    the wider catalogue (a control each for top-n-sigma, typical, epsilon,
+    eta, XTC, dynamic temperature and mirostat's first step) and the peers'
+    orders. With XTC on it shows `probs` without a key: the average over
+    XTC's coin. The settings must share one order (as `explain` requires).
     """
+    from ..samplers import ORDERS, name_of
+
     rows = list(range(len(e.tokens))) if rows is None else list(rows)
     z = np.ascontiguousarray(e.logits, dtype="<f4")
-    settings = [{"label": lbl, **{k: _scalar(s, k, d) for k, d in
-                                  (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0),
-                                   ("min_p", 0.0))}}
+    settings = [{"label": lbl, **{k: _scalar(s, k, d) for k, d in _PAGE_FIELDS}}
                 for lbl, s in zip(e.labels, e.settings, strict=True)]
+    order = e.settings[0].order
+    name = name_of(order)
     data = json.dumps({"logits_b64": base64.b64encode(z.tobytes()).decode("ascii"),
                        "vocab": int(z.size), "rows": rows, "names": [e.tokens[i] for i in rows],
-                       "settings": rounded(settings), "title": title})
+                       "settings": rounded(settings), "title": title, "order": list(order),
+                       "order_name": name if name in ORDERS else "custom"})
     html = _PAGE.read_text(encoding="utf-8").replace("/*DATA*/null", data.replace("</", "<\\/"))
     Path(path).write_text(html, encoding="utf-8")
