@@ -4,6 +4,9 @@ Run as `nucleax bench sampling [options]` or `python benchmarks/sampling.py`.
 Workloads: `zipf` (slope 1.1, a nucleus of a few dozen tokens) and `wide` (slopes
 whose T=0.7 top-p 0.9 nucleus holds about 100, 1k, 10k and 50k tokens at V=151936);
 the measured nucleus width (median kept tokens per row) is reported next to each time.
+Mixes: the four knobs (`MIXES`, and `mixed`: every row a different one of them) and the
+wider catalogue (`CATALOGUE_MIXES`: typical, top-n-sigma, XTC), whose nucleus is the tokens
+that survive either outcome of XTC's coin.
 Prints a table of median step times (compile time reported separately) and,
 with `--json FILE`, writes the records there. Baselines: the one-pass floor
 (`jnp.max` over the vocabulary),
@@ -41,6 +44,14 @@ MIXES = {  # name: (temperature, top_k, top_p, min_p)
     "minp0.05": (1.0, 0, 1.0, 0.05),
 }
 MIXED = "mixed"  # every row a different mix, cycling through MIXES
+# The wider catalogue (issue 10), beside the mixes above: name -> SamplingParams fields. They
+# run stage 3 step by step; the mixes above (every new sampler off) keep their code path.
+CATALOGUE_MIXES = {
+    "T+typical0.9": {"temperature": 0.7, "typical_p": 0.9},
+    "T1+nsigma1": {"temperature": 1.0, "top_n_sigma": 1.0},
+    "T+xtc0.5/0.1": {"temperature": 0.7, "xtc_probability": 0.5, "xtc_threshold": 0.1},
+}
+ALL_MIXES = [*MIXES, *CATALOGUE_MIXES, MIXED]
 
 # Wide-nucleus family: Zipf slopes whose T=0.7 top-p 0.9 nucleus holds about 100, 1,000,
 # 10,000 and 50,000 tokens at V=151936 (float64 calibration without noise; the benchmark
@@ -104,6 +115,10 @@ def nucleus_width(z: jax.Array, params: nx.SamplingParams) -> float:
 
 
 def row_params(mix: str, batch: int) -> nx.SamplingParams:
+    """The mix's parameters as `[batch]` arrays (per-row, traced: as a server passes them)."""
+    if mix in CATALOGUE_MIXES:
+        return nx.SamplingParams(**{name: np.full(batch, value, np.float32)
+                                    for name, value in CATALOGUE_MIXES[mix].items()})
     names = list(MIXES) if mix == MIXED else [mix]
     cols = np.array([MIXES[names[i % len(names)]] for i in range(batch)])
     return nx.SamplingParams(cols[:, 0], cols[:, 1].astype(np.int32), cols[:, 2], cols[:, 3])
@@ -251,8 +266,10 @@ def add_arguments(ap: argparse.ArgumentParser, *, positive: Callable[[str, int],
                     default=[32000, 151936], help="vocabulary sizes V")
     ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"],
                     choices=["float32", "bfloat16"], help="logits dtypes")
-    ap.add_argument("--mix", nargs="+", default=[*MIXES, MIXED], choices=[*MIXES, MIXED],
-                    help="parameter mixes (`mixed`: every row a different one)")
+    ap.add_argument("--mix", nargs="+", default=ALL_MIXES, choices=ALL_MIXES,
+                    help="parameter mixes (`mixed`: every row a different one of the first "
+                         f"{len(MIXES)}; {', '.join(CATALOGUE_MIXES)}: the wider catalogue, "
+                         "timed against the floor and categorical only)")
     ap.add_argument("--workload", nargs="+", default=["zipf"], choices=WORKLOADS,
                     help="logits: `zipf` (slope 1.1: the 0.9 nucleus holds a few dozen tokens) "
                          "or `wide` (nuclei of about 100, 1k, 10k and 50k tokens at V=151936)")
@@ -338,10 +355,11 @@ def _run_one(args, info, hf, batch, vocab, dtype, name, z) -> list[dict]:
             rec["categorical_ms"] = measure(categorical_fn, (key, z, params), args.reps,
                                             args.budget)["median_ms"]
         slow_ok = batch * vocab <= args.slow_limit
-        if "sort" in args.baselines and slow_ok and mix != "greedy":
+        same = mix not in CATALOGUE_MIXES  # the sort, HF and tpu-inference baselines: 4 knobs
+        if "sort" in args.baselines and slow_ok and mix != "greedy" and same:
             rec["sort_ms"] = measure(sort_nucleus_fn, (key, z, params), args.reps,
                                      args.budget)["median_ms"]
-        if hf is not None and slow_ok and mix != "greedy":
+        if hf is not None and slow_ok and mix != "greedy" and same:
             rec["hf_ms"] = measure(hf(mix), (key, z, params), args.reps, args.budget)["median_ms"]
         tpu = getattr(args, "tpu_make", None)
         if tpu is not None and mix in MIXES and mix != "greedy":
