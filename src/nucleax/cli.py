@@ -47,6 +47,13 @@ STORY_SETTINGS = [
 
 KNOBS = ("temperature", "top_k", "top_p", "min_p")
 PENALTIES = ("repetition_penalty", "presence_penalty", "frequency_penalty")
+# flag dests of the wider catalogue and DRY (mostly SamplingParams fields; see `_fields`)
+CATALOGUE = ("top_n_sigma", "typical_p", "epsilon", "eta", "xtc_probability", "xtc_threshold",
+             "dynatemp_range", "dynatemp_exponent", "mirostat", "mirostat_ent", "mirostat_eta")
+DRY = ("dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n")
+FLAG_OF = {"top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
+           "top_n_sigma": "--top-nsigma", "typical_p": "--typical", "epsilon": "--epsilon-cutoff",
+           "eta": "--eta-cutoff", "xtc": "--xtc-probability", "dynatemp": "--dynatemp-range"}
 MODEL_MODULES = ("gguf", "tokenizers", "jinja2")
 IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
 
@@ -92,6 +99,59 @@ FREQUENCY = _type(float, lambda v: -2 <= v <= 2, "a number in [-2, 2] (0 = off)"
                   "--frequency-penalty 0.5")
 MIN_TOKENS = _type(int, lambda v: v >= 0, "an integer >= 0 (0 = off)", "--min-tokens 10")
 SEED = _type(int, lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)", "--seed 0")
+# The wider catalogue (SEMANTICS Part 2), llama.cpp's spellings (HF's for epsilon / eta).
+TOP_NSIGMA = _type(float, _finite, "a finite number (negative = off, 0 = the top token only)",
+                   "--top-nsigma 1.0")
+TYPICAL = _type(float, lambda v: 0 < v <= 1, "a number in (0, 1] (1 = off)", "--typical 0.9")
+EPSILON = _type(float, lambda v: 0 <= v < 1, "a number in [0, 1) (0 = off)",
+                "--epsilon-cutoff 0.0003")
+ETA = _type(float, lambda v: 0 <= v < 1, "a number in [0, 1) (0 = off)", "--eta-cutoff 0.0009")
+XTC_PROBABILITY = _type(float, lambda v: 0 <= v <= 1, "a number in [0, 1] (0 = off)",
+                        "--xtc-probability 0.5")
+XTC_THRESHOLD = _type(float, lambda v: 0 <= v <= 1, "a number in [0, 1]",
+                      "--xtc-threshold 0.1")
+DYNATEMP_RANGE = _type(float, lambda v: _finite(v) and v >= 0, "a number >= 0 (0 = off)",
+                       "--dynatemp-range 0.5")
+DYNATEMP_EXP = _type(float, lambda v: _finite(v) and v >= 0, "a number >= 0",
+                     "--dynatemp-exp 1.0")
+MIROSTAT_ENT = _type(float, lambda v: _finite(v) and v > 0, "a number > 0 (bits)",
+                     "--mirostat-ent 5.0")
+MIROSTAT_LR = _type(float, lambda v: _finite(v) and v >= 0, "a number >= 0",
+                    "--mirostat-lr 0.1")
+DRY_MULTIPLIER = _type(float, lambda v: _finite(v) and v >= 0, "a number >= 0 (0 = off)",
+                       "--dry-multiplier 0.8")
+DRY_BASE = _type(float, lambda v: _finite(v) and v >= 1, "a number >= 1", "--dry-base 1.75")
+DRY_ALLOWED = _type(int, lambda v: v >= 1, "an integer >= 1", "--dry-allowed-length 2")
+DRY_LAST_N = _type(int, lambda v: v >= -1,
+                   "an integer >= -1 (-1 = the whole context, 0 = DRY off)",
+                   "--dry-penalty-last-n 64")
+ORDER_NAMES = ("nucleax", "llama.cpp", "vllm", "hf")
+ORDER = _type(str, lambda v: v in ORDER_NAMES, "one of " + ", ".join(ORDER_NAMES),
+              "--samplers-order llama.cpp")
+MIROSTAT_DEFAULTS = {"mirostat_ent": 5.0, "mirostat_eta": 0.1}  # llama.cpp's
+DRY_BREAKERS = ("\n", ":", "\"", "*")  # llama.cpp's default sequence breakers
+ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'"}
+
+
+def _mirostat(text: str) -> int:
+    if text.strip() == "1":
+        raise argparse.ArgumentTypeError(
+            "expected 0 (off) or 2 (mirostat v2), got '1': mirostat v1 is not supported; "
+            "fix: --mirostat 2 (v2, with --mirostat-ent and --mirostat-lr)")
+    if text.strip() not in ("0", "2"):
+        raise argparse.ArgumentTypeError(f"expected 0 (off) or 2 (mirostat v2), got {text!r}; "
+                                         "fix: e.g. --mirostat 2")
+    return int(text)
+
+
+def _breaker(text: str) -> str:
+    """A DRY sequence breaker as typed, with the escapes \\n \\t \\r \\\\ \\" \\' read."""
+    value = re.sub(r"\\(.)", lambda m: ESCAPES.get(m.group(1), m.group(0)), text)
+    if value == "":
+        raise argparse.ArgumentTypeError(f"expected a non-empty text, got {text!r}; fix: e.g. "
+                                         "--dry-sequence-breaker '\\n' (or 'none' for no "
+                                         "breakers)")
+    return value
 
 
 def _positive(flag: str, example: int) -> Callable[[str], int]:
@@ -291,6 +351,85 @@ def _processor_flags(parser: argparse.ArgumentParser, *, many: bool) -> None:
                    help="add BIAS in [-100, 100] to the logit of token ID (-100 bans it)")
 
 
+def _catalogue_flags(parser: argparse.ArgumentParser, *, many: bool) -> None:
+    """The wider catalogue's flags (llama.cpp's names; HF's for epsilon and eta) and the order."""
+    kw: dict[str, Any] = {"nargs": "+"} if many else {}
+    each = " (one or more values: every combination is a setting)" if many else ""
+    g = parser.add_argument_group(
+        "more samplers (SEMANTICS Part 2; llama.cpp's flag names, HF's for epsilon/eta; all "
+        "off by default; they run after temperature in the order of --samplers-order)")
+    flags = [  # (flag, dest, type, metavar, help)
+        ("--top-nsigma", "top_n_sigma", TOP_NSIGMA, "N",
+         "top-n-sigma (Tang et al., 2024): keep logits >= max - N * std; negative = off, "
+         "0 = the top token only (default: -1)"),
+        ("--typical", "typical_p", TYPICAL, "P",
+         "locally typical sampling (Meister et al., 2023): keep the tokens closest to the "
+         "entropy, up to mass P; 1 = off (default: 1)"),
+        ("--epsilon-cutoff", "epsilon", EPSILON, "E",
+         "epsilon sampling (Hewitt et al., 2022; HF's name): keep tokens with probability "
+         ">= E; 0 = off (default: 0)"),
+        ("--eta-cutoff", "eta", ETA, "H",
+         "eta sampling (Hewitt et al., 2022; HF's name): keep tokens with probability >= "
+         "min(H, sqrt(H) * exp(-entropy)); 0 = off (default: 0)"),
+        ("--xtc-probability", "xtc_probability", XTC_PROBABILITY, "A",
+         "XTC, exclude top choices: with probability A, drop every token above the threshold "
+         "but the least likely of them; 0 = off (default: 0)"),
+        ("--xtc-threshold", "xtc_threshold", XTC_THRESHOLD, "C",
+         "XTC's threshold: tokens with probability >= C are the top choices; above 0.5 it "
+         "never fires (default: 0.1)"),
+        ("--dynatemp-range", "dynatemp_range", DYNATEMP_RANGE, "D",
+         "dynamic temperature: T moves within [T - D, T + D] with the entropy of the "
+         "distribution; 0 = off (default: 0)"),
+        ("--dynatemp-exp", "dynatemp_exponent", DYNATEMP_EXP, "E",
+         "dynamic temperature's exponent on the normalised entropy (default: 1)"),
+        ("--mirostat", "mirostat", _mirostat, "{0,2}",
+         "2 = mirostat v2 (Basu et al., 2021) with target --mirostat-ent: it replaces "
+         "top-k, top-p, min-p and typical; 0 = off; v1 (1) is not supported (default: 0)"),
+        ("--mirostat-lr", "mirostat_eta", MIROSTAT_LR, "ETA",
+         "mirostat's learning rate eta (default: 0.1)"),
+        ("--mirostat-ent", "mirostat_ent", MIROSTAT_ENT, "TAU",
+         "mirostat's target surprise tau, in bits (default: 5.0)"),
+    ]
+    for flag, dest, parse, metavar, text in flags:
+        g.add_argument(flag, dest=dest, type=parse, default=argparse.SUPPRESS, metavar=metavar,
+                       help=text + each, **kw)
+    g.add_argument("--samplers-order", dest="samplers_order", type=ORDER, default=None,
+                   metavar="{" + ",".join(ORDER_NAMES) + "}",
+                   help="the order of temperature and the truncations: nucleax (temperature, "
+                        "top-n-sigma, top-k, typical, top-p, min-p, epsilon, eta, XTC), "
+                        "llama.cpp (its default: temperature last; no epsilon, eta), vllm "
+                        "(min-p before top-k/top-p; no top-n-sigma, typical, epsilon, eta, XTC) "
+                        "or hf (transformers' warpers; no top-n-sigma, XTC); a sampler on but "
+                        "absent from the order is an error (default: nucleax)")
+
+
+def _dry_flags(parser: argparse.ArgumentParser, *, many: bool) -> None:
+    """DRY's flags (llama.cpp's names): a logits processor, after the penalties."""
+    kw: dict[str, Any] = {"nargs": "+"} if many else {}
+    each = " (one or more values: every combination is a setting)" if many else ""
+    g = parser.add_argument_group("DRY, don't repeat yourself (a logits processor after the "
+                                  "penalties; llama.cpp's names; off by default)")
+    g.add_argument("--dry-multiplier", dest="dry_multiplier", type=DRY_MULTIPLIER,
+                   default=argparse.SUPPRESS, metavar="M",
+                   help="subtract M * base^(n - allowed length) from the logit of a token that "
+                        "would extend a repeat of n tokens; 0 = off (default: 0)" + each, **kw)
+    g.add_argument("--dry-base", dest="dry_base", type=DRY_BASE, default=argparse.SUPPRESS,
+                   metavar="B", help="DRY's base (default: 1.75)" + each, **kw)
+    g.add_argument("--dry-allowed-length", dest="dry_allowed_length", type=DRY_ALLOWED,
+                   default=argparse.SUPPRESS, metavar="N",
+                   help="repeats up to N tokens long are not penalised (default: 2)" + each, **kw)
+    g.add_argument("--dry-penalty-last-n", dest="dry_penalty_last_n", type=DRY_LAST_N,
+                   default=argparse.SUPPRESS, metavar="N",
+                   help="look back at most N tokens for repeats; -1 = the whole context, "
+                        "0 = DRY off, as in llama.cpp (default: -1)" + each, **kw)
+    g.add_argument("--dry-sequence-breaker", dest="dry_sequence_breaker", type=_breaker,
+                   action="append", default=None, metavar="STR",
+                   help="a text that repeats may not run across (repeat for more; \\n etc. "
+                        "are read as escapes): every token id of its encoding is a breaker. "
+                        "When DRY is on and none is given, llama.cpp's defaults: '\\n', ':', "
+                        "'\"', '*'; 'none' = no breakers")
+
+
 def _combine(base: dict[str, Any], given: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """Every combination of the given values over `base`; greedy combos turn unset knobs off."""
     import itertools
@@ -304,6 +443,50 @@ def _combine(base: dict[str, Any], given: dict[str, list[Any]]) -> list[dict[str
             v.update({n: x for n, x in off.items() if n not in given})
         out.append(v)
     return out
+
+
+def _fields(values: dict[str, Any]) -> dict[str, Any]:
+    """SamplingParams fields from one combination of flag values (llama.cpp's conventions).
+
+    `--mirostat 2` with `--mirostat-ent TAU` is `mirostat_tau=TAU`; `--dry-penalty-last-n`
+    -1 (the whole context) is `dry_range=0`, and 0 switches DRY off, as in llama.cpp.
+    """
+    v = dict(values)
+    mode = v.pop("mirostat", None)
+    tau = v.pop("mirostat_ent", MIROSTAT_DEFAULTS["mirostat_ent"])
+    if mode is not None:
+        v["mirostat_tau"] = tau if mode == 2 else 0.0
+    last_n = v.pop("dry_penalty_last_n", None)
+    if last_n == 0:
+        v["dry_multiplier"] = 0.0
+    elif last_n is not None:
+        v["dry_range"] = 0 if last_n == -1 else last_n
+    return v
+
+
+def _check_catalogue(args: argparse.Namespace) -> None:
+    """Flags that need another flag with them: one line naming the flag."""
+    modes = getattr(args, "mirostat", None)
+    modes = modes if isinstance(modes, list) else [] if modes is None else [modes]
+    if 2 not in modes:
+        for flag, dest in (("--mirostat-ent", "mirostat_ent"), ("--mirostat-lr", "mirostat_eta")):
+            if hasattr(args, dest):
+                value = getattr(args, dest)
+                shown = " ".join(map(_fmt, value)) if isinstance(value, list) else _fmt(value)
+                raise UsageError(f"{flag}: expected --mirostat 2 with it (mirostat is off), got "
+                                 f"{flag} {shown} alone; fix: add --mirostat 2")
+
+
+def _check_order(args: argparse.Namespace, params: Any) -> None:
+    """A sampler on but absent from --samplers-order: one line before any model loads."""
+    from .apps.check import missing_steps
+
+    missing = missing_steps(params)
+    if missing:
+        flags = ", ".join(FLAG_OF.get(m, m) for m in missing)
+        raise UsageError(f"--samplers-order: expected an order with a step for every sampler "
+                         f"that is on, got {args.samplers_order}, which has none for {flags}; "
+                         "fix: drop those flags or use --samplers-order nucleax (every sampler)")
 
 
 def _given(args: argparse.Namespace, names: Sequence[str], many: bool) -> dict[str, list[Any]]:
@@ -335,7 +518,27 @@ def _shared_processors(args: argparse.Namespace, tok: Any) -> tuple[dict[str, An
     stops = list(getattr(args, "stop", []))
     if stops:
         fields["stop"], _ = stop_sequences(tok, stops)
+    texts = _breaker_texts(args)
+    if texts:
+        from .apps._kit import breaker_ids
+
+        fields["dry_sequence_breakers"] = breaker_ids(tok, texts)
     return fields, stops
+
+
+def _breaker_texts(args: argparse.Namespace) -> list[str]:
+    """DRY's sequence breakers as texts: the given ones, or llama.cpp's defaults if DRY is on."""
+    texts = getattr(args, "dry_sequence_breaker", None)
+    if texts is not None and "none" in texts:
+        if len(texts) > 1:
+            raise UsageError("--dry-sequence-breaker: expected 'none' alone (no breakers), got "
+                             f"it with {[t for t in texts if t != 'none']}; fix: drop one")
+        return []
+    if texts is None:
+        multiplier = getattr(args, "dry_multiplier", 0.0)
+        on = any(m > 0 for m in (multiplier if isinstance(multiplier, list) else [multiplier]))
+        return list(DRY_BREAKERS) if on else []
+    return list(texts)
 
 
 def _warn(messages: Sequence[str], prefix: str = "") -> None:
@@ -424,9 +627,13 @@ def _generate_params(args: argparse.Namespace) -> dict[str, Any]:
     """The setting's numeric fields: the preset or the default, then explicit flags."""
     from .apps import presets
 
+    _check_catalogue(args)
     base = presets.get(args.preset or presets.DEFAULT).scalars()
-    given = _given(args, KNOBS + PENALTIES, many=False)
-    return _combine(base, given)[0]
+    given = _given(args, KNOBS + PENALTIES + CATALOGUE + DRY, many=False)
+    values = _fields(_combine(base, given)[0])
+    if args.samplers_order is not None:
+        values["order"] = args.samplers_order
+    return values
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -438,7 +645,8 @@ def _generate(args: argparse.Namespace) -> int:
     from .decode import stream
 
     values = _generate_params(args)
-    nx.SamplingParams(**values)  # flag values are checked before the model loads
+    _check_order(args, nx.SamplingParams(**values))  # flags checked before the model loads
+    _breaker_texts(args)
     if args.draft_tokens is not None and args.speculative is None:
         raise UsageError(f"--draft-tokens: expected --speculative with it, got --draft-tokens "
                          f"{args.draft_tokens} alone; fix: add --speculative ngram")
@@ -479,7 +687,10 @@ def _generate(args: argparse.Namespace) -> int:
         _dump({"prompt": args.prompt, "chat_template": not args.raw,
                "params": {**params.scalars(), **{k: v for k, v in
                                                  (("logit_bias", dict(args.logit_bias)),
-                                                  ("stop", stop_texts)) if v}},
+                                                  ("stop", stop_texts),
+                                                  ("dry_sequence_breakers",
+                                                   _breaker_texts(args))) if v},
+                          "order": _order_name(params)},
                "seed": args.seed, "max_new_tokens": args.max_new_tokens, "samples": samples,
                "warnings": warnings,
                **({"speculative": spec} if args.speculative is not None else {})})
@@ -556,22 +767,32 @@ def _grid(args: argparse.Namespace, names: Sequence[str]) -> list[tuple[str, Any
     from nucleax.apps import explain as ex
     from nucleax.apps import presets
 
+    _check_catalogue(args)
     given = _given(args, names, many=True)
+    order = {} if args.samplers_order is None else {"order": args.samplers_order}
     out = []
     if given or not args.preset:
         base = presets.get(presets.DEFAULT).scalars()
         for v in _combine(base, given):
-            p = nx.SamplingParams(**v)
+            p = nx.SamplingParams(**_fields(v), **order)
             out.append((ex.label(p), p))
-    out += [(name, presets.get(name)) for name in args.preset]
+    out += [(name, presets.get(name).replace(**order)) for name in args.preset]
+    for _, p in out:
+        _check_order(args, p)
     return out
+
+
+def _order_name(params: Any) -> str:
+    from .samplers import name_of
+
+    return name_of(params.order)
 
 
 def _explain(args: argparse.Namespace) -> int:
     import nucleax as nx
     from nucleax.apps import explain as ex
 
-    settings = _grid(args, KNOBS)
+    settings = _grid(args, KNOBS + CATALOGUE)
     if args.plot or args.sweep_temperature:
         _need_extra(("matplotlib",), "drawing charts (--plot, --sweep-temperature)")
     if args.logits is not None:
@@ -616,7 +837,8 @@ def _explain(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from .apps import sweep as sw
 
-    settings = _grid(args, KNOBS + PENALTIES)
+    settings = _grid(args, KNOBS + PENALTIES + CATALOGUE + DRY)
+    _breaker_texts(args)
     if args.out:
         _need_extra(("matplotlib",), "the sweep chart (--out)")
     model, tok = _load_model(args.model)
@@ -630,7 +852,8 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.out:
         meta = {"seed": args.seed, "samples": args.samples, "max_new_tokens": args.max_new_tokens,
                 "chat_template": not args.raw, "stop": stop_texts,
-                "logit_bias": dict(args.logit_bias)}
+                "logit_bias": dict(args.logit_bias), "order": _order_name(settings[0][1]),
+                "dry_sequence_breakers": _breaker_texts(args)}
         written = sw.write_outputs(reports, args.prompt, args.out, meta)
         _status("wrote " + ", ".join(str(p) for p in written))
     return 0
@@ -761,7 +984,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                      help="parameter dtype")
     _sampling_flags(gen, many=False)
+    _catalogue_flags(gen, many=False)
     _processor_flags(gen, many=False)
+    _dry_flags(gen, many=False)
     gen.add_argument("--max-new-tokens", type=_positive("--max-new-tokens", 128), default=128,
                      help="the most tokens generated per sample")
     gen.add_argument("--seed", type=SEED, default=0, help="random seed (same seed, same text)")
@@ -794,6 +1019,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="tokens shown, by logit, the rest summed as 'other tokens' "
                           "(default: 15 with --prompt, all with --logits)")
     _sampling_flags(exp, many=True)
+    _catalogue_flags(exp, many=True)
     exp.add_argument("--json", action="store_true", help="print JSON instead of the table")
     exp.add_argument("--plot", type=IMAGE, metavar="FILE.png", help="write grouped bars here")
     exp.add_argument("--sweep-temperature", type=IMAGE, metavar="FILE.png",
@@ -805,7 +1031,9 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--prompt", type=_text("--prompt", "Once upon a time"), action="append",
                      required=True, help="a prompt; repeat for more prompts")
     _sampling_flags(swp, many=True)
+    _catalogue_flags(swp, many=True)
     _processor_flags(swp, many=True)
+    _dry_flags(swp, many=True)
     swp.add_argument("--samples", type=_positive("--samples", 8), default=8,
                      help="samples per (prompt, setting)")
     swp.add_argument("--max-new-tokens", type=_positive("--max-new-tokens", 48), default=48,

@@ -7,6 +7,7 @@
   printable name for every token of the vocabulary.
 - `score_text`: a long text scored in chunks (logits and the next tokens).
 - `stop_sequences`: stop texts as the token-id sequences that spell them.
+- `breaker_ids`: DRY's sequence-breaker texts as token ids.
 - `TextStreams`: the rows of a `decode.stream` as text: stop texts found on
   the host, the part safe to show while streaming, and each row's outcome.
 - `Progress`: a progress bar on stderr (tqdm: rate and ETA) that prints one
@@ -23,9 +24,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-__all__ = ["JSON_DIGITS", "Progress", "TextStreams", "find_stop", "forward_logits",
-           "next_token_logits", "prompt_ids", "rounded", "score_text", "stop_sequences",
-           "token_names"]
+__all__ = ["JSON_DIGITS", "Progress", "TextStreams", "breaker_ids", "find_stop",
+           "forward_logits", "next_token_logits", "prompt_ids", "rounded", "score_text",
+           "stop_sequences", "token_names"]
 
 JSON_DIGITS = 6  # significant digits of every float written as JSON
 
@@ -117,6 +118,33 @@ def score_text(model: Any, ids: Sequence[int], *, chunk: int = 256,
     return np.concatenate(logits), np.asarray(targets, np.int32)
 
 
+def _plain_ids(tokenizer: Any, text: str) -> list[int]:
+    """`text` as token ids without BOS or other added tokens (a piece of mid-text)."""
+    backend = getattr(tokenizer, "backend", None)
+    if backend is not None:
+        return list(backend.encode(text, add_special_tokens=False).ids)
+    return list(tokenizer.encode(text))
+
+
+def breaker_ids(tokenizer: Any, texts: Sequence[str]) -> list[int]:
+    """DRY's sequence-breaker ids: every token id of each text's encoding, sorted, once each.
+
+    Example:
+      >>> class Chars:  # a tokenizer with one token per character
+      ...     def encode(self, text): return [ord(c) for c in text]
+      >>> breaker_ids(Chars(), ["\\n", ": ", ":"])
+      [10, 32, 58]
+    """
+    ids: set[int] = set()
+    for text in texts:
+        got = _plain_ids(tokenizer, text)
+        if not got:
+            raise ValueError(f"--dry-sequence-breaker: {text!r} encodes to no tokens; give a "
+                             "text the tokenizer can spell")
+        ids.update(int(i) for i in got)
+    return sorted(ids)
+
+
 def stop_sequences(tokenizer: Any, texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
     """Token-id sequences that spell each stop text, and which text each belongs to.
 
@@ -130,12 +158,8 @@ def stop_sequences(tokenizer: Any, texts: Sequence[str]) -> tuple[list[list[int]
     Returns:
       `(sequences, owner)`: `owner[i]` is the index in `texts` of `sequences[i]`.
     """
-    backend = getattr(tokenizer, "backend", None)
-
-    def enc(s: str) -> list[int]:
-        if backend is not None:  # no BOS: a stop sequence is mid-text
-            return list(backend.encode(s, add_special_tokens=False).ids)
-        return list(tokenizer.encode(s))
+    def enc(s: str) -> list[int]:  # no BOS: a stop sequence is mid-text
+        return _plain_ids(tokenizer, s)
 
     seqs: list[list[int]] = []
     owner: list[int] = []
