@@ -76,6 +76,30 @@ MISTAKES = [  # (argv, flag named, the received value as shown)
     (["sweep", "--prompt", "x", "--out", "README.md/out"], "--out", "'README.md/out'"),
     (["sweep", "--prompt", "x", "--top-p", "0.9", "1.2"], "--top-p", "'1.2'"),
     (["sweep", "--prompt", "x", "--samples", "0"], "--samples", "'0'"),
+    # the wider catalogue (issue 10): llama.cpp's names, HF's for epsilon / eta
+    (["generate", "--prompt", "hi", "--typical", "0"], "--typical", "'0'"),
+    (["generate", "--prompt", "hi", "--top-nsigma", "nan"], "--top-nsigma", "'nan'"),
+    (["generate", "--prompt", "hi", "--xtc-probability", "1.5"], "--xtc-probability", "'1.5'"),
+    (["generate", "--prompt", "hi", "--xtc-threshold", "-0.1"], "--xtc-threshold", "'-0.1'"),
+    (["generate", "--prompt", "hi", "--dynatemp-range", "-1"], "--dynatemp-range", "'-1'"),
+    (["generate", "--prompt", "hi", "--dynatemp-exp", "inf"], "--dynatemp-exp", "'inf'"),
+    (["generate", "--prompt", "hi", "--mirostat", "1"], "--mirostat", "'1'"),
+    (["generate", "--prompt", "hi", "--mirostat", "3"], "--mirostat", "'3'"),
+    (["generate", "--prompt", "hi", "--mirostat-ent", "0"], "--mirostat-ent", "'0'"),
+    (["generate", "--prompt", "hi", "--mirostat-lr", "-1"], "--mirostat-lr", "'-1'"),
+    (["generate", "--prompt", "hi", "--epsilon-cutoff", "1"], "--epsilon-cutoff", "'1'"),
+    (["generate", "--prompt", "hi", "--eta-cutoff", "x"], "--eta-cutoff", "'x'"),
+    (["generate", "--prompt", "hi", "--dry-multiplier", "-1"], "--dry-multiplier", "'-1'"),
+    (["generate", "--prompt", "hi", "--dry-base", "0.5"], "--dry-base", "'0.5'"),
+    (["generate", "--prompt", "hi", "--dry-allowed-length", "0"], "--dry-allowed-length", "'0'"),
+    (["generate", "--prompt", "hi", "--dry-penalty-last-n", "-2"], "--dry-penalty-last-n",
+     "'-2'"),
+    (["generate", "--prompt", "hi", "--dry-sequence-breaker", ""], "--dry-sequence-breaker",
+     "''"),
+    (["generate", "--prompt", "hi", "--samplers-order", "vLLM"], "--samplers-order", "'vLLM'"),
+    (["explain", "--logits", "1", "2", "--typical", "0.9", "1.5"], "--typical", "'1.5'"),
+    (["sweep", "--prompt", "x", "--xtc-threshold", "0.1", "2"], "--xtc-threshold", "'2'"),
+    (["sweep", "--prompt", "x", "--dry-base", "1.75", "nan"], "--dry-base", "'nan'"),
 ]
 
 
@@ -446,3 +470,137 @@ def test_speculative_flag_mistakes_are_one_line_before_the_model_loads(capsys, a
     assert code == 2 and out == ""
     line = _one_line(err)
     assert flag in line and "loading" not in err, line
+
+
+# --- the wider catalogue's flags (issue 10) ---------------------------------------------
+
+
+def test_catalogue_flags_reach_sampling_params():
+    parse = cli.build_parser().parse_args
+    args = parse(["generate", "--prompt", "x", "--temperature", "0.8", "--top-nsigma", "1.5",
+                  "--typical", "0.9", "--epsilon-cutoff", "3e-4", "--eta-cutoff", "9e-4",
+                  "--xtc-probability", "0.5", "--xtc-threshold", "0.2", "--dynatemp-range",
+                  "0.3", "--dynatemp-exp", "2", "--mirostat", "2", "--mirostat-ent", "4",
+                  "--mirostat-lr", "0.2", "--dry-multiplier", "0.8", "--dry-base", "2",
+                  "--dry-allowed-length", "3", "--dry-penalty-last-n", "64",
+                  "--samplers-order", "llama.cpp"])
+    values = cli._generate_params(args)
+    p = nx.SamplingParams(**values)
+    got = p.scalars()
+    want = {"temperature": 0.8, "top_p": 0.9, "top_n_sigma": 1.5, "typical_p": 0.9,
+            "epsilon": 3e-4, "eta": 9e-4, "xtc_probability": 0.5, "xtc_threshold": 0.2,
+            "dynatemp_range": 0.3, "dynatemp_exponent": 2.0, "mirostat_tau": 4.0,
+            "mirostat_eta": 0.2, "dry_multiplier": 0.8, "dry_base": 2.0,
+            "dry_allowed_length": 3, "dry_range": 64}
+    assert {k: got[k] for k in want} == want
+    assert p.order == nx.samplers.LLAMA_CPP
+    # llama.cpp's conventions: --mirostat 2 alone targets 5 bits; -1 = the whole context
+    # (dry_range 0), 0 switches DRY off; without the flags every sampler stays off
+    args = parse(["generate", "--prompt", "x", "--mirostat", "2", "--dry-multiplier", "0.8",
+                  "--dry-penalty-last-n", "-1"])
+    got = nx.SamplingParams(**cli._generate_params(args)).scalars()
+    assert (got["mirostat_tau"], got["mirostat_eta"], got["dry_range"]) == (5.0, 0.1, 0)
+    args = parse(["generate", "--prompt", "x", "--dry-multiplier", "0.8",
+                  "--dry-penalty-last-n", "0"])
+    assert cli._generate_params(args)["dry_multiplier"] == 0.0
+    plain = nx.SamplingParams(**cli._generate_params(parse(["generate", "--prompt", "x"])))
+    assert plain.samplers_on() == () and plain.processors_on() == ()
+    assert plain.order == nx.samplers.DEFAULT
+    # explain and sweep: lists of values, every combination a setting, one order for all
+    args = parse(["explain", "--logits", "1", "2", "--typical", "0.9", "1", "--xtc-probability",
+                  "0", "0.5", "--samplers-order", "hf"])
+    with pytest.raises(cli.UsageError, match="--samplers-order: .* got hf, which has none "
+                       "for --xtc-probability; fix:"):
+        cli._grid(args, cli.KNOBS + cli.CATALOGUE)
+    args = parse(["sweep", "--prompt", "x", "--typical", "0.9", "1", "--mirostat", "0", "2",
+                  "--dry-multiplier", "0.5", "--preset", "chatbot", "--samplers-order", "hf"])
+    settings = cli._grid(args, cli.KNOBS + cli.PENALTIES + cli.CATALOGUE + cli.DRY)
+    assert [lbl for lbl, _ in settings] == [
+        "T=1 p=0.9 typical=0.9 dry=0.5", "T=1 p=0.9 typical=0.9 mirostat=5/0.1 dry=0.5",
+        "T=1 p=0.9 dry=0.5", "T=1 p=0.9 mirostat=5/0.1 dry=0.5", "chatbot"]
+    assert all(p.order == nx.samplers.HF for _, p in settings)  # presets too
+
+
+def test_catalogue_flag_combinations_are_one_line_before_the_model_loads(capsys):
+    cases = [
+        (["--mirostat-ent", "4"], "--mirostat-ent: expected --mirostat 2 with it (mirostat is "
+         "off), got --mirostat-ent 4 alone; fix: add --mirostat 2"),
+        (["--mirostat", "0", "--mirostat-lr", "0.2"], "--mirostat-lr: expected --mirostat 2"),
+        (["--typical", "0.9", "--samplers-order", "vllm"], "--samplers-order: expected an order "
+         "with a step for every sampler that is on, got vllm, which has none for --typical; "
+         "fix: drop those flags or use --samplers-order nucleax (every sampler)"),
+        (["--dry-multiplier", "0.8", "--dry-sequence-breaker", "none", "--dry-sequence-breaker",
+          ":"], "--dry-sequence-breaker: expected 'none' alone"),
+    ]
+    for flags, message in cases:
+        code, out, err = run(capsys, "generate", "--prompt", "hi", *flags)
+        assert code == 2 and out == "" and "loading" not in err, err
+        assert _one_line(err).startswith("nucleax generate: error: " + message), err
+    code, _, err = run(capsys, "sweep", "--prompt", "x", "--mirostat-ent", "4", "6")
+    assert code == 2 and "--mirostat-ent 4 6 alone" in _one_line(err)
+
+
+def test_dry_sequence_breakers_are_encoded_with_the_tokenizer(tiny_gguf):
+    from nucleax.apps._kit import breaker_ids
+    from nucleax.models import load_gguf
+
+    _, tok = load_gguf(tiny_gguf)
+    parse = cli.build_parser().parse_args
+    # DRY on, no breaker given: llama.cpp's defaults
+    args = parse(["generate", "--prompt", "x", "--dry-multiplier", "0.8"])
+    fields, _ = cli._shared_processors(args, tok)
+    defaults = breaker_ids(tok, ["\n", ":", '"', "*"])
+    assert fields["dry_sequence_breakers"] == defaults and len(defaults) == 4
+    assert sorted(tok.decode([i]) for i in defaults) == sorted(["\n", ":", '"', "*"])
+    # given ones replace them; escapes are read; every id of a text's encoding is a breaker
+    args = parse(["generate", "--prompt", "x", "--dry-multiplier", "0.8",
+                  "--dry-sequence-breaker", "\\n", "--dry-sequence-breaker", "ab c"])
+    fields, _ = cli._shared_processors(args, tok)
+    ids = fields["dry_sequence_breakers"]
+    assert ids == sorted(set(ids)) and tok.encode("\n")[-1] in ids
+    assert set(tok.backend.encode("ab c", add_special_tokens=False).ids) <= set(ids)
+    for argv in (["--dry-sequence-breaker", "none"], []):  # none, or DRY off: no breakers
+        fields, _ = cli._shared_processors(parse(["generate", "--prompt", "x", *argv]), tok)
+        assert "dry_sequence_breakers" not in fields
+
+
+def test_generate_with_the_catalogue_on_a_tiny_model(capsys, tiny_gguf):
+    code, out, err = run(capsys, "generate", "--prompt", "hello", "--model", tiny_gguf,
+                         "--max-new-tokens", "5", "--json", "--batch", "2", "--temperature",
+                         "0.9", "--top-nsigma", "2", "--typical", "0.95", "--xtc-probability",
+                         "0.5", "--mirostat", "2", "--mirostat-ent", "6", "--dry-multiplier",
+                         "0.8", "--samplers-order", "llama.cpp", "--seed", "2")
+    assert code == 0, err
+    doc = json.loads(out)
+    p = doc["params"]
+    assert (p["top_n_sigma"], p["typical_p"], p["xtc_probability"], p["mirostat_tau"],
+            p["dry_multiplier"]) == (2.0, 0.95, 0.5, 6.0, 0.8)
+    assert p["order"] == "llama.cpp" and p["dry_sequence_breakers"] == ["\n", ":", '"', "*"]
+    assert any("mirostat is on (tau 6): it replaces top_p, typical_p" in w
+               for w in doc["warnings"])
+    for s in doc["samples"]:
+        assert len(s["tokens"]) == 5 and all(0 <= t < 263 for t in s["tokens"])
+
+
+def test_bench_catalogue_mixes_run_on_a_tiny_vocabulary(capsys, tmp_path):
+    for mix in [*bench.MIXES, bench.MIXED]:  # the existing mixes: every new sampler off
+        params = bench.row_params(mix, 4)
+        assert params.samplers_on() == () and params.order == nx.samplers.DEFAULT, mix
+    on = {mix: bench.row_params(mix, 4).samplers_on() for mix in bench.CATALOGUE_MIXES}
+    assert on == {"T+typical0.9": ("typical_p",), "T1+nsigma1": ("top_n_sigma",),
+                  "T+xtc0.5/0.1": ("xtc",)}
+    # per-row arrays, as a server passes them
+    assert np.asarray(bench.row_params("T+xtc0.5/0.1", 4).xtc_threshold).shape == (4,)
+    out = tmp_path / "b.json"
+    assert cli.main(["bench", "sampling", "--batch", "2", "--vocab", "300", "--dtype", "float32",
+                     "--mix", *bench.CATALOGUE_MIXES, "--baselines", "floor", "sort", "--reps",
+                     "2", "--budget", "0.1", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert [r["mix"] for r in records] == list(bench.CATALOGUE_MIXES)
+    for r in records:
+        assert r["nucleax_ms"] > 0 and r["floor_ms"] > 0 and 1 <= r["nucleus"] <= 300
+        assert "sort_ms" not in r  # the sort baseline samples another distribution
+    printed = capsys.readouterr().out
+    assert "T+typical0.9" in printed and "T1+nsigma1" in printed
+    default = cli.build_parser().parse_args(["bench", "sampling"]).mix
+    assert set(bench.CATALOGUE_MIXES) <= set(default) and set(bench.MIXES) <= set(default)

@@ -268,3 +268,144 @@ def test_warnings_use_the_actual_distribution():
     per_row = nx.SamplingParams(np.array([0.7, 1.6]), top_p=np.array([0.9, 0.95]))
     msgs = nx.check(per_row, warn=False)
     assert msgs and all(m.startswith("row 1: ") for m in msgs)
+
+
+# --- the wider catalogue (issue 10): explain, the page, check ------------------------------
+
+
+def test_explain_names_the_samplers_that_are_on(capsys):
+    argv = ["explain", "--logits", *map(str, SEED_LOGITS), "--tokens", *SEED_TOKENS,
+            "--temperature", "0.7", "--top-p", "1", "--typical", "0.9", "1", "--top-nsigma",
+            "1.0", "--xtc-probability", "0.5", "--xtc-threshold", "0.2"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("order nucleax: temperature > top_n_sigma > top_k > typical_p")
+    assert lines[1] == "samplers on in T=0.7 nsigma=1 typical=0.9 xtc=0.5/0.2: top_n_sigma, " \
+        "typical_p, xtc"
+    assert lines[2] == "samplers on in T=0.7 nsigma=1 xtc=0.5/0.2: top_n_sigma, xtc"
+    code, out, _ = run(capsys, *argv, "--json")
+    doc = json.loads(out)
+    assert doc["order"] == list(nx.samplers.DEFAULT)
+    settings = [nx.SamplingParams(0.7, top_n_sigma=1.0, typical_p=t, xtc_probability=0.5,
+                                  xtc_threshold=0.2) for t in (0.9, 1.0)]
+    for s, want in zip(doc["settings"], settings, strict=True):
+        assert s["samplers_on"] == list(want.samplers_on())
+        assert (s["params"]["typical_p"], s["params"]["xtc_threshold"]) == \
+            (want.scalars()["typical_p"], 0.2)
+    got = np.array([t["probs"] for t in doc["tokens"]]).T
+    np.testing.assert_allclose(got, nx.explain(SEED_LOGITS, settings).probs, atol=1e-6)
+    # the default order with only the four knobs: the table as it always was
+    _, plain, _ = run(capsys, "explain", "--logits", "1", "2", "--temperature", "1")
+    assert plain.splitlines()[0].startswith("token ")
+    # another order is named too
+    _, out, _ = run(capsys, "explain", "--logits", "1", "2", "3", "--samplers-order", "llama.cpp")
+    assert out.splitlines()[0].startswith("order llama.cpp: top_n_sigma > top_k > typical_p > "
+                                          "top_p > min_p > xtc > temperature > draw")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (Debian package "
+                    "`chromium`; the README's test command installs it where apt-get works)")
+def test_interactive_page_runs_the_catalogue_and_the_orders(big, tmp_path):
+    """A control per sampler; the page's float64 script agrees with `nucleax.probs`."""
+    from playwright.sync_api import sync_playwright
+
+    e, rows, _ = big
+    logits = e.logits
+    settings = [nx.SamplingParams(1.0, typical_p=0.9),
+                nx.SamplingParams(0.7, xtc_probability=0.5, xtc_threshold=0.05)]
+    page_path = tmp_path / "page.html"
+    mine = nx.explain(logits, settings, e.tokens)
+    ex.write_html(mine, page_path, rows)
+    off = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, top_n_sigma=-1.0,
+               typical_p=1.0, epsilon=0.0, eta=0.0, xtc_probability=0.0, xtc_threshold=0.1,
+               dynatemp_range=0.0, dynatemp_exponent=1.0, mirostat_tau=0.0)
+    moves = [dict(top_n_sigma=1.0, epsilon=0.001),
+             dict(temperature=0.8, typical_p=0.9, eta=0.002),
+             dict(dynatemp_range=1.5, temperature=0.8, dynatemp_exponent=2.0, mirostat_tau=3.0),
+             dict(temperature=0.5, top_p=0.9, typical_p=0.95, xtc_probability=0.3,
+                  order="llama.cpp"),
+             dict(temperature=1.3, top_p=0.8, min_p=0.05, order="vllm")]
+    want = {}  # one probs call per order: rows of a batch are independent
+    for order in dict.fromkeys(m.get("order", "nucleax") for m in moves):
+        mine_ = [m for m in moves if m.get("order", "nucleax") == order]
+        params = nx.SamplingParams.stack([nx.SamplingParams(**{**off, **m, "order": order})
+                                          for m in mine_])
+        table = np.asarray(nx.probs(np.tile(logits, (len(mine_), 1)), params), np.float64)
+        want.update({id(m): row for m, row in zip(mine_, table, strict=True)})
+    rest = np.ones(logits.size, bool)
+    rest[rows] = False
+    set_value = "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+        page = browser.new_page()
+        page.goto(page_path.as_uri())
+        for s in range(2):  # the requested settings' columns
+            got = [float(page.inner_text(f"#prob-s{s}-{i}")) for i in range(len(rows))]
+            np.testing.assert_allclose(got, mine.probs[s, rows], atol=2e-6)
+            assert int(page.inner_text(f"#survivors-s{s}")) == int(mine.survivors[s])
+        for move in moves:
+            values = {**off, **move}
+            order = values.pop("order", "nucleax")
+            for name, value in values.items():
+                page.eval_on_selector(f"#{name}", set_value, str(value))
+            page.eval_on_selector("#order", set_value, order)
+            p = want[id(move)]
+            got = [float(page.inner_text(f"#prob-{i}")) for i in range(len(rows))]
+            np.testing.assert_allclose(got, p[rows], atol=2e-6, err_msg=str(move))
+            assert float(page.inner_text("#prob-other")) == pytest.approx(p[rest].sum(),
+                                                                          abs=2e-6)
+            assert int(page.inner_text("#survivors")) == int((p > 0).sum()), move
+            assert page.inner_text("#order-text").startswith(" > ".join(
+                nx.samplers.ORDERS[order]))
+        page.click("#use-s1")  # loads XTC's setting into the controls
+        assert page.eval_on_selector("#xtc_probability", "el => el.value") == "0.5"
+        got = [float(page.inner_text(f"#prob-{i}")) for i in range(len(rows))]
+        np.testing.assert_allclose(got, mine.probs[1, rows], atol=2e-6)
+        browser.close()
+
+
+@pytest.mark.parametrize("params,fragment", [
+    (nx.SamplingParams(0.8, top_p=0.9, mirostat_tau=5.0), "it replaces top_p, which are ignored"),
+    (nx.SamplingParams(0.8, top_k=40, typical_p=0.9, mirostat_tau=5.0),
+     "it replaces top_k, typical_p"),
+    (nx.SamplingParams(0.8, xtc_probability=0.5, xtc_threshold=0.6),
+     "xtc_threshold 0.6 > 0.5: XTC can never fire"),
+    (nx.SamplingParams(0.8, xtc_probability=0.5, xtc_threshold=0.0),
+     "removes all but the least likely"),
+    (nx.SamplingParams(0.8, top_n_sigma=0.0), "greedy decoding in disguise"),
+    (nx.SamplingParams(0.5, dynatemp_range=0.8), "dynatemp_range 0.8 > temperature 0.5"),
+    (nx.SamplingParams(0.8, typical_p=0.9, order="vllm"),
+     "typical_p on, but order 'vllm' has no such step: sampling raises"),
+])
+def test_each_catalogue_warning_triggers(params, fragment):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        msgs = nx.check(params)
+    assert any(fragment in m for m in msgs), msgs
+    assert any(w.category is nx.SamplingWarning and fragment in str(w.message) for w in caught)
+
+
+def test_no_catalogue_warning_for_sensible_settings():
+    from nucleax.apps.check import missing_steps
+
+    for p in (nx.SamplingParams(0.7, typical_p=0.9), nx.SamplingParams(1.0, top_n_sigma=1.0),
+              nx.SamplingParams(0.7, xtc_probability=0.5, xtc_threshold=0.1),
+              nx.SamplingParams(1.0, mirostat_tau=5.0), nx.SamplingParams(0.8, epsilon=3e-4),
+              nx.SamplingParams(1.0, dynatemp_range=0.5),
+              nx.SamplingParams(0.7, top_p=0.9, order="llama.cpp"),
+              nx.SamplingParams(0.7, xtc_probability=0.0, xtc_threshold=0.9)):  # XTC off
+        assert nx.check(p, warn=False) == [], p
+    assert missing_steps(nx.SamplingParams(0.7, top_n_sigma=1.0, epsilon=0.01, top_p=0.9,
+                                           order="vllm")) == ["top_n_sigma", "epsilon"]
+    assert missing_steps(nx.SamplingParams(0.7, top_p=0.9, order=("temperature", "min_p"))) \
+        == ["top_p"]
+    # per row: only the row that contradicts itself is named
+    rows = nx.SamplingParams(np.array([0.7, 0.7]), xtc_probability=np.array([0.5, 0.5]),
+                             xtc_threshold=np.array([0.1, 0.7]))
+    msgs = nx.check(rows, warn=False)
+    assert msgs and all(m.startswith("row 1: ") for m in msgs)
+    # with logits, a missing step is reported instead of raising
+    msgs = nx.check(nx.SamplingParams(0.7, typical_p=0.9, order="vllm"), np.zeros(5), warn=False)
+    assert any("sampling raises" in m for m in msgs)

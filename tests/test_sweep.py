@@ -113,6 +113,28 @@ def test_cli_sweep_with_processor_flags_on_a_tiny_model(tiny_path, tmp_path, cap
     assert "sweep: 4/4 samples in" in err  # no terminal: one plain progress line
 
 
+def test_cli_sweep_with_catalogue_and_dry_flags_on_a_tiny_model(tiny_path, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code = cli.main(["sweep", "--prompt", "hello", "--model", str(tiny_path), "--temperature",
+                     "1.2", "--typical", "0.9", "1", "--xtc-probability", "0.5",
+                     "--xtc-threshold", "0.05", "--dry-multiplier", "0.8",
+                     "--dry-allowed-length", "1", "--dry-sequence-breaker", "\\n",
+                     "--samplers-order", "llama.cpp", "--samples", "2", "--max-new-tokens",
+                     "6", "--out", str(out)])
+    assert code == 0
+    table, _ = capsys.readouterr()
+    assert [line.split()[0] for line in table.splitlines()[1:]] == ["T=1.2", "T=1.2"]
+    assert "typical=0.9 xtc=0.5/0.05 dry=0.8" in table
+    data = json.loads((out / "results.json").read_text())
+    params = [s["params"] for s in data["settings"]]
+    assert [p["typical_p"] for p in params] == [0.9, 1.0]
+    assert all((p["xtc_probability"], p["xtc_threshold"], p["dry_multiplier"],
+                p["dry_allowed_length"]) == (0.5, 0.05, 0.8, 1) for p in params)
+    assert data["meta"]["order"] == "llama.cpp"
+    assert data["meta"]["dry_sequence_breakers"] == ["\n"]
+    assert all(len(r["texts"][0]) == 2 and 0 < r["length"] <= 6 for r in data["settings"])
+
+
 @needs_smollm
 def test_cli_sweep_and_calibrate_on_smollm2(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "_load_model", lambda path, dtype="float32": smollm())
