@@ -357,7 +357,8 @@ def _catalogue_flags(parser: argparse.ArgumentParser, *, many: bool) -> None:
     each = " (one or more values: every combination is a setting)" if many else ""
     g = parser.add_argument_group(
         "more samplers (SEMANTICS Part 2; llama.cpp's flag names, HF's for epsilon/eta; all "
-        "off by default; they run after temperature in the order of --samplers-order)")
+        "off by default; with temperature, top-k, top-p and min-p they run in the order of "
+        "--samplers-order)")
     flags = [  # (flag, dest, type, metavar, help)
         ("--top-nsigma", "top_n_sigma", TOP_NSIGMA, "N",
          "top-n-sigma (Tang et al., 2024): keep logits >= max - N * std; negative = off, "
