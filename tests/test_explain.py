@@ -376,6 +376,8 @@ def test_interactive_page_runs_the_catalogue_and_the_orders(big, tmp_path):
      "removes all but the least likely"),
     (nx.SamplingParams(0.8, top_n_sigma=0.0), "greedy decoding in disguise"),
     (nx.SamplingParams(0.5, dynatemp_range=0.8), "dynatemp_range 0.8 > temperature 0.5"),
+    (nx.SamplingParams(0.0, typical_p=0.9, mirostat_tau=3.0),
+     "temperature 0 is greedy: typical_p, mirostat have no effect"),
     (nx.SamplingParams(0.8, typical_p=0.9, order="vllm"),
      "typical_p on, but order 'vllm' has no such step: sampling raises"),
 ])

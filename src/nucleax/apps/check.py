@@ -30,6 +30,7 @@ Contradictions among the wider catalogue (SEMANTICS Part 2):
 - `top_n_sigma = 0` keeps the largest logit only: greedy in disguise;
 - `dynatemp_range > temperature`: the lowest temperature `T - range` is
   clipped at 0;
+- `T = 0` is greedy: every catalogue sampler is then inert;
 - a sampler on but absent from `params.order` (say typical with
   `order="vllm"`): sampling raises; `missing_steps` names them.
 """
@@ -55,6 +56,10 @@ XTC_NEVER = 0.5  # above it, XTC can never fire
 # the fields `check` reads per row, besides the four knobs
 _CATALOGUE = ("top_n_sigma", "typical_p", "epsilon", "eta", "xtc_probability", "xtc_threshold",
               "dynatemp_range", "mirostat_tau")
+_ON = {"top_n_sigma": lambda c: c["top_n_sigma"] >= 0, "typical_p": lambda c: c["typical_p"] < 1,
+       "epsilon": lambda c: c["epsilon"] > 0, "eta": lambda c: c["eta"] > 0,
+       "xtc": lambda c: c["xtc_probability"] > 0, "dynatemp": lambda c: c["dynatemp_range"] > 0,
+       "mirostat": lambda c: c["mirostat_tau"] > 0}
 
 
 class SamplingWarning(UserWarning):
@@ -170,8 +175,14 @@ def check(params: SamplingParams, logits: Any = None, *, warn: bool = True) -> l
         t, k, p, m = (float(cols[0][row]), int(cols[1][row]), float(cols[2][row]),
                       float(cols[3][row]))
         found = _row_warnings(t, k, p, m)
+        values = {n: float(v[row]) for n, v in more.items()}
         if t > 0:
-            found += _catalogue_warnings(t, k, p, m, {n: float(v[row]) for n, v in more.items()})
+            found += _catalogue_warnings(t, k, p, m, values)
+        else:
+            inert = [name for name, on in _ON.items() if on(values)]
+            if inert:
+                found.append(f"temperature 0 is greedy: {', '.join(inert)} "
+                             f"{'has' if len(inert) == 1 else 'have'} no effect")
         if survivors is not None and t > 0 and k != 1:
             n = int(survivors[row])
             if n == 1:
