@@ -381,7 +381,8 @@ def test_updates_see_accepted_tokens_only():
     req = decode._Requests(_keys(0, 1), params, jnp.full((2, 1), -1, jnp.int32),
                            jnp.full((2, 1, 1), -1, jnp.int32), jnp.zeros((2,), jnp.int32))
     prog = decode._Progress(jnp.array([True, False]), jnp.zeros((2,), jnp.int32), state,
-                            jnp.full((2, 1), -1, jnp.int32), jnp.full((2,), -1, jnp.int32))
+                            jnp.full((2, 1), -1, jnp.int32), jnp.full((2,), -1, jnp.int32),
+                            jnp.zeros((2,), jnp.float32))
     static = decode._Static(chain.apply, chain.update, 0, False)
     logits = jnp.zeros((2, 8)).at[:, 3].set(1.0)
     out, prog, _ = decode._next_token(logits, jnp.array([1, 1]), req, prog, static)

@@ -16,12 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ._catalogue import stage3, xtc_uniforms
 from ._draw import dense_probs, draw
 from ._draw import keep_mask as _keep_mask
-from ._keys import row_uniforms
+from ._keys import row_keys
 from ._params import SamplingParams
 from ._rows import NEG_INF, Prepared, as_batch
-from ._truncation import check_method, threshold, threshold_and_window
+from ._truncation import check_method
+from .samplers import check_order, mirostat_init
 
 __all__ = ["SampleOutput", "keep_mask", "probs", "sample"]
 
@@ -32,7 +34,8 @@ class SampleOutput(NamedTuple):
     Attributes:
       tokens: int32 `[B]`, the sampled token ids.
       logprobs: float32 `[B]`, log-probability of each token under the final
-        (processed) distribution, i.e. `log(probs(...)[token])`.
+        (processed) distribution, i.e. `log(probs(..., key=key)[token])` (with
+        XTC on, the distribution of this key's coin).
       raw_logprobs: float32 `[B]`, under the raw logits, before any processor:
         `log_softmax(logits)`.
       valid: bool `[B]`, False for rows with no finite logit (token 0 returned).
@@ -86,9 +89,29 @@ def _setup(logits, params, processors, state):
     params = check_params(params)
     z, _ = as_batch(logits)  # host-side shape and dtype checks
     params.check_batch(z.shape[0])
+    check_order(params)
     chain = build_chain(params, processors)
     state = init_state(chain, state, z.shape[0], z.shape[1])
     return params, (None if chain is None else chain.apply), state
+
+
+def check_mu(mu: Any, params: SamplingParams, batch: int) -> Any:
+    """Host checks of mirostat's `mu=` (None: `2 * mirostat_tau`, the starting value).
+
+    Returns a `[B]` float32 array when mirostat is on (so that passing `mu` or
+    not compiles the same code), else None.
+    """
+    on = "mirostat" in params.samplers_on()
+    if mu is None:
+        return mirostat_init(params, batch) if on else None
+    if not on:
+        raise ValueError("mu= was given but mirostat is off (mirostat_tau = 0 in every row); "
+                         "set SamplingParams(mirostat_tau=...) or drop mu=")
+    shape = getattr(mu, "shape", np.shape(mu))
+    if tuple(shape) not in ((), (batch,)):
+        raise ValueError(f"mu must be a scalar or a [B] array with B={batch} (mirostat's "
+                         f"state per row), got shape {tuple(shape)}")
+    return jnp.broadcast_to(jnp.asarray(mu, jnp.float32), (batch,))
 
 
 # ----------------------------------------------------------------------------
@@ -99,15 +122,19 @@ def _unbatch(x: jax.Array, single: bool) -> jax.Array:
     return x[0] if single else x
 
 
-def prepare(logits, params, apply, state) -> tuple[Prepared, jax.Array, bool]:
-    """Stage 1 (processors) and stage 2 (cleaning, temperature).
+def prepare(logits, params, apply, state, method="auto", window=64, xtc_u=None, mu=None):
+    """Stages 1-3: processors, cleaning and temperature, truncations.
 
-    Returns the prepared rows, the raw float32 logits `[B, V]`, and whether
-    the input was one row.
+    Returns `(r, tau, window_values, raw, single)`: the prepared rows and the
+    threshold for stage 4 (tokens of `r.z >= tau` survive), the fast
+    method's window (or None), the raw float32 logits `[B, V]`, and whether
+    the input was one row. `xtc_u` is XTC's coin per row, `mu` mirostat's
+    state (None: its starting value).
     """
     raw, single = as_batch(logits)
     z = raw if apply is None else apply(state, raw)
-    return Prepared(z, *params.rows(z.shape[0])), raw, single
+    r, tau, win = stage3(z, params, method, window, xtc_u, mu)
+    return r, tau, win, raw, single
 
 
 _DENSE_OUTPUTS = {
@@ -116,26 +143,48 @@ _DENSE_OUTPUTS = {
 }
 
 
-def dense_output(logits, params, apply, state, output, method, window):
-    """`[B, V]` (or `[V]`) output of one kind from the per-row thresholds."""
-    r, _, single = prepare(logits, params, apply, state)
-    return _unbatch(_DENSE_OUTPUTS[output](r, threshold(r, method, window)), single)
+def dense_output(logits, params, apply, state, output, method, window, key=None, mu=None):
+    """`[B, V]` (or `[V]`) output of one kind from the per-row thresholds.
+
+    With XTC on, `key` decides each row's coin (as `sample` with that key);
+    without a key the output is over both outcomes: the mixture of the two
+    distributions weighted by `xtc_probability`, or the union of the masks.
+    """
+    batch = as_batch(logits)[0].shape[0]
+    fn = _DENSE_OUTPUTS[output]
+    if "xtc" not in params.samplers_on() or key is not None:
+        xtc_u = None if key is None else xtc_uniforms(row_keys(key, batch, "the logits' rows"))
+        r, tau, _, _, single = prepare(logits, params, apply, state, method, window, xtc_u, mu)
+        return _unbatch(fn(r, tau), single)
+    outs = []
+    for u in (0.0, 1.0):  # the coin fires (u = 0 < a) / does not (u = 1)
+        r, tau, _, _, single = prepare(logits, params, apply, state, method, window,
+                                       jnp.full((batch,), np.float32(u)), mu)
+        outs.append(fn(r, tau))
+    a = jnp.broadcast_to(jnp.asarray(params.xtc_probability, jnp.float32), (batch,))[:, None]
+    if output == "mask":
+        return _unbatch(((a > 0) & outs[0]) | ((a < 1) & outs[1]), single)
+    return _unbatch(a * outs[0] + (1 - a) * outs[1], single)
 
 
 _dense_output = jax.jit(dense_output, static_argnames=("apply", "output", "method", "window"))
 
 
 def probs(logits: Any, params: SamplingParams | None = None, *, processors: Any = None,
-          state: Any = None, method: str = "auto", window: int = 64, mesh: Any = None,
-          batch_axis: Any = None, vocab_axis: Any = None) -> jax.Array:
+          state: Any = None, key: Any = None, mu: Any = None, method: str = "auto",
+          window: int = 64, mesh: Any = None, batch_axis: Any = None,
+          vocab_axis: Any = None) -> jax.Array:
     """The exact distribution that `sample` draws from.
 
     Order: logits processors (those `params` switches on, then `processors`),
     temperature, top-k, top-p (on the distribution renormalised after top-k),
-    min-p; then renormalise. Ties at a boundary all survive; the most probable
-    token always survives; `T = 0` is a point mass on the argmax (lowest index
-    among ties). A row with no finite logit is a point mass on token 0. NaN
-    logits count as -inf.
+    min-p; then renormalise. With the wider catalogue (`top_n_sigma`,
+    `typical_p`, `epsilon`, `eta`, XTC, dynamic temperature, mirostat) or
+    another `order`, the steps of `params.order` (see `nucleax.samplers`).
+    Ties at a boundary all survive; the most probable token always survives
+    (except where typical or XTC remove it by definition); `T = 0` is a point
+    mass on the argmax (lowest index among ties). A row with no finite logit
+    is a point mass on token 0. NaN logits count as -inf.
 
     Args:
       logits: `[B, V]` or `[V]`, any float dtype (computed in float32).
@@ -145,6 +194,12 @@ def probs(logits: Any, params: SamplingParams | None = None, *, processors: Any 
         a list), run after the ones `params` builds.
       state: the processors' state (from their `init`, advanced by `update`);
         default: `init` with no history (empty prompt, no output).
+      key: only read when XTC is on: the distribution that `sample` with this
+        key draws from (its coin decided). Without it, the distribution of
+        `sample`'s token over both outcomes of the coin.
+      mu: mirostat's per-row state (`[B]` or a scalar); default its starting
+        value `2 * mirostat_tau`. Advance it with
+        `nucleax.samplers.mirostat_update`.
       method: `"auto"`/`"fast"` (no full sort), `"bisect"`, or `"sort"` (the
         reference). All return the same distribution.
       window: static candidate count of the fast method.
@@ -170,17 +225,20 @@ def probs(logits: Any, params: SamplingParams | None = None, *, processors: Any 
                              method=method, window=window)
     check_method(method, window)
     params, apply, state = _setup(logits, params, processors, state)
-    return _dense_output(logits, params, apply, state, "probs", method, window)
+    mu = check_mu(mu, params, as_batch(logits)[0].shape[0])
+    return _dense_output(logits, params, apply, state, "probs", method, window, key, mu)
 
 
 def keep_mask(logits: Any, params: SamplingParams | None = None, *, processors: Any = None,
-              state: Any = None, method: str = "auto", window: int = 64, mesh: Any = None,
-              batch_axis: Any = None, vocab_axis: Any = None) -> jax.Array:
+              state: Any = None, key: Any = None, mu: Any = None, method: str = "auto",
+              window: int = 64, mesh: Any = None, batch_axis: Any = None,
+              vocab_axis: Any = None) -> jax.Array:
     """Boolean mask of the tokens that survive the processors and the truncations.
 
     Same shape as `logits`. For greedy rows (`T = 0`) and rows with no finite
     logit it is one-hot at the token `sample` returns. Tokens at -inf (or NaN)
-    never survive otherwise. See `probs` for the rules and arguments.
+    never survive otherwise. With XTC on and no `key`, the tokens that survive
+    either outcome of its coin. See `probs` for the rules and arguments.
     """
     if mesh is not None:
         from .sharding import keep_mask_sharded
@@ -190,15 +248,20 @@ def keep_mask(logits: Any, params: SamplingParams | None = None, *, processors: 
                                  method=method, window=window)
     check_method(method, window)
     params, apply, state = _setup(logits, params, processors, state)
-    return _dense_output(logits, params, apply, state, "mask", method, window)
+    mu = check_mu(mu, params, as_batch(logits)[0].shape[0])
+    return _dense_output(logits, params, apply, state, "mask", method, window, key, mu)
 
 
-def sample_impl(key, logits, params, apply, state, return_logprobs, top_n, method, window):
+def sample_impl(key, logits, params, apply, state, return_logprobs, top_n, method, window,
+                mu=None):
     """The traced body of `sample` (no host checks): usable inside any jit."""
-    r, raw, single = prepare(logits, params, apply, state)
-    batch, vocab = r.z.shape
-    u = row_uniforms(key, batch)
-    tau, window_vals = threshold_and_window(r, method, window)
+    batch = as_batch(logits)[0].shape[0]
+    keys = row_keys(key, batch, "the logits' rows")
+    u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
+    xtc_u = xtc_uniforms(keys) if "xtc" in params.samplers_on() else None
+    r, tau, window_vals, raw, single = prepare(logits, params, apply, state, method, window,
+                                               xtc_u, mu)
+    vocab = r.z.shape[1]
     tokens, total = draw(r, tau, u, window_vals)
     if not (return_logprobs or top_n):
         return _unbatch(tokens, single)
@@ -237,27 +300,31 @@ _sample = jax.jit(sample_impl, static_argnames=("apply", "return_logprobs", "top
 
 @overload
 def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
-           processors: Any = None, state: Any = None, return_logprobs: Literal[False] = False,
+           processors: Any = None, state: Any = None, mu: Any = None,
+           return_logprobs: Literal[False] = False,
            top_n: Literal[0] = 0, method: str = "auto", window: int = 64, mesh: Any = None,
            batch_axis: Any = None, vocab_axis: Any = None) -> jax.Array: ...
 
 
 @overload
 def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
-           processors: Any = None, state: Any = None, return_logprobs: Literal[True],
+           processors: Any = None, state: Any = None, mu: Any = None,
+           return_logprobs: Literal[True],
            top_n: int = 0, method: str = "auto", window: int = 64, mesh: Any = None,
            batch_axis: Any = None, vocab_axis: Any = None) -> SampleOutput: ...
 
 
 @overload
 def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
-           processors: Any = None, state: Any = None, return_logprobs: bool = False,
+           processors: Any = None, state: Any = None, mu: Any = None,
+           return_logprobs: bool = False,
            top_n: int = 0, method: str = "auto", window: int = 64, mesh: Any = None,
            batch_axis: Any = None, vocab_axis: Any = None) -> jax.Array | SampleOutput: ...
 
 
 def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
-           processors: Any = None, state: Any = None, return_logprobs: bool = False,
+           processors: Any = None, state: Any = None, mu: Any = None,
+           return_logprobs: bool = False,
            top_n: int = 0, method: str = "auto", window: int = 64, mesh: Any = None,
            batch_axis: Any = None, vocab_axis: Any = None) -> jax.Array | SampleOutput:
     """Draws one token per row from `probs(logits, params)`.
@@ -272,6 +339,8 @@ def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
       processors, state: extra logits processors and the processors' state;
         see `probs`. Advance the state yourself with `chain.update(state,
         tokens)`, or let `nucleax.decode.generate` run the loop.
+      mu: mirostat's per-row state; see `probs`. Advance it with
+        `nucleax.samplers.mirostat_update(mu, out.logprobs, params)`.
       return_logprobs: also return log-probabilities (a `SampleOutput`).
       top_n: also return the `top_n` most likely alternatives (a `SampleOutput`).
       method, window: see `probs`; every method returns the same token for the
@@ -306,5 +375,6 @@ def sample(key: Any, logits: Any, params: SamplingParams | None = None, *,
     if not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 0:
         raise ValueError(f"top_n must be an int >= 0, got {top_n!r}")
     params, apply, state = _setup(logits, params, processors, state)
+    mu = check_mu(mu, params, as_batch(logits)[0].shape[0])
     return _sample(key, logits, params, apply, state, bool(return_logprobs), top_n, method,
-                   window)
+                   window, mu)

@@ -396,6 +396,18 @@ def _pad_to(x, axis: int, multiple: int, fill):
     return jnp.pad(x, widths, constant_values=fill)
 
 
+def refuse_catalogue(params) -> None:
+    """Sharded sampling runs the fast path only: the four knobs in the default order."""
+    from ._catalogue import general
+
+    if general(params):
+        on = list(params.samplers_on())
+        raise NotImplementedError(
+            "sharded sampling (mesh=) supports temperature, top_k, top_p and min_p in the "
+            f"default order; got samplers {on} and order {params.order}. Gather the logits "
+            "and sample on one device (drop mesh=), or turn those samplers off")
+
+
 def _inputs(layout: Layout, logits, params, apply, state, keep_raw: bool):
     """Validated, processed, padded and placed inputs: (zs, rows, B, V, single).
 
@@ -404,11 +416,8 @@ def _inputs(layout: Layout, logits, params, apply, state, keep_raw: bool):
     """
     z, single = as_batch(logits)
     batch, vocab = z.shape
+    refuse_catalogue(params)
     rows = params.rows(batch)
-    if len(rows) != 4:
-        raise NotImplementedError(
-            "sharded sampling supports temperature, top_k, top_p and min_p; got "
-            f"{len(rows)} per-row fields from SamplingParams.rows")
     nb, nv = layout.size(layout.batch_axis), layout.size(layout.vocab_axis)
     zspec = P(layout.batch_axis, layout.vocab_axis)
     zs = [z]

@@ -42,6 +42,7 @@ from . import _validate as va
 from ._keys import row_keys
 from ._params import SamplingParams
 from ._sample import build_chain, check_params, dense_output, sample_impl
+from .samplers import check_order, mirostat_init, mirostat_update
 from .processors import suffix_matches
 
 __all__ = ["GenerateOutput", "generate", "stream"]
@@ -96,6 +97,7 @@ class _Progress(NamedTuple):
     procs: Any  # the processors' state
     tail: jax.Array  # [B, L] int32, the last output tokens (for stop sequences)
     stop_sequence: jax.Array  # [B] int32
+    mu: jax.Array  # [B] float32, mirostat's state (unused when mirostat is off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +137,7 @@ def _prepare(model: Any, prompts: Any, key: Any, params: Any, max_new_tokens: An
     params = check_params(params)
     batch = len(rows)
     params.check_batch(batch)
+    check_order(params)
     lengths = [int(r.size) for r in rows]
     limit = getattr(config, "context_length", None)
     longest = max(lengths)
@@ -178,7 +181,7 @@ def _prepare(model: Any, prompts: Any, key: Any, params: Any, max_new_tokens: An
                      None if chain is None else chain.update, pad, False)
     progress = _Progress(jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.int32), proc_state,
                          jnp.full((batch, seqs.shape[-1]), -1, jnp.int32),
-                         jnp.full((batch,), -1, jnp.int32))
+                         jnp.full((batch,), -1, jnp.int32), mirostat_init(params, batch))
     return graphdef, state, tokens, lengths, requests, progress, static, width + max_new, max_new
 
 
@@ -224,9 +227,11 @@ def _next_token(logits, positions, req: _Requests, prog: _Progress, static: _Sta
     """
     logits = logits.astype(jnp.float32)
     step_keys = jax.vmap(jax.random.fold_in)(req.keys, positions)
+    miro = "mirostat" in req.params.samplers_on()
+    mu = prog.mu if miro else None
     if static.layout is None:
         out = sample_impl(step_keys, logits, req.params, static.apply, prog.procs, True, 0,
-                          "auto", 64)
+                          "auto", 64, mu)
     else:  # logits split over a mesh: no [B, V] gather (nucleax.sharding)
         from . import sharding
 
@@ -235,7 +240,8 @@ def _next_token(logits, positions, req: _Requests, prog: _Progress, static: _Sta
     stats = None
     if static.stats:
         if static.layout is None:
-            p = dense_output(logits, req.params, static.apply, prog.procs, "probs", "auto", 64)
+            p = dense_output(logits, req.params, static.apply, prog.procs, "probs", "auto", 64,
+                             step_keys, mu)
         else:
             from . import sharding
 
@@ -257,7 +263,10 @@ def _next_token(logits, positions, req: _Requests, prog: _Progress, static: _Sta
     first_seq = jnp.argmax(seq_hits, axis=-1).astype(jnp.int32)
     stop_sequence = jnp.where(live & hit_seq & ~hit_id, first_seq, prog.stop_sequence)
     done = prog.done | (live & (hit_id | hit_seq))
-    return out, _Progress(done, generated, procs, tail, stop_sequence), stats
+    new_mu = prog.mu
+    if miro:
+        new_mu = jnp.where(live, mirostat_update(prog.mu, out.logprobs, req.params), prog.mu)
+    return out, _Progress(done, generated, procs, tail, stop_sequence, new_mu), stats
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "static"))
@@ -375,6 +384,10 @@ def generate(model: Any, prompts: Any, params: SamplingParams | None = None, *, 
             model, prompts, params, key=key, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
             pad_id=pad_id, processors=processors, bucket=bucket, draft=speculative,
             draft_tokens=draft_tokens, ngram=ngram).output
+    if mesh is not None:
+        from ._sharded import refuse_catalogue
+
+        refuse_catalogue(check_params(params))
     model, layout = _on_mesh(model, mesh, batch_axis, model_axis)
     graphdef, state, tokens, lengths, req, prog, static, cache_len, max_new = _prepare(
         model, prompts, key, params, max_new_tokens, stop_ids, pad_id, bucket, processors)
@@ -402,6 +415,10 @@ def stream(model: Any, prompts: Any, params: SamplingParams | None = None, *, ke
     arguments: the same prefill and step functions run, one jitted call per
     step instead of one loop.
     """
+    if mesh is not None:
+        from ._sharded import refuse_catalogue
+
+        refuse_catalogue(check_params(params))
     model, layout = _on_mesh(model, mesh, batch_axis, model_axis)
     graphdef, state, tokens, lengths, req, prog, static, cache_len, max_new = _prepare(
         model, prompts, key, params, max_new_tokens, stop_ids, pad_id, bucket, processors)

@@ -38,7 +38,7 @@ Example:
   >>> z = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
   >>> [round(float(x), 3) for x in nucleax.probs(z, nucleax.SamplingParams(
   ...     temperature=2.0, top_p=0.7))]
-  [0.436, 0.338, 0.226, 0.0]
+  [0.431, 0.334, 0.236, 0.0]
   >>> [round(float(x), 3) for x in nucleax.probs(z, nucleax.SamplingParams(
   ...     temperature=2.0, top_p=0.7, order="llama.cpp"))]
   [0.564, 0.436, 0.0, 0.0]

@@ -36,7 +36,6 @@ from ._draw import _first_crossing, dense_probs
 from ._keys import row_keys
 from ._params import SamplingParams
 from ._sample import build_chain, check_params, init_state, prepare
-from ._truncation import threshold
 
 
 def argmax(z: jax.Array) -> jax.Array:
@@ -119,8 +118,8 @@ def verify_impl(keys: jax.Array, drafts: jax.Array, draft_probs: jax.Array | Non
 
     def position(st, xs):
         z, d = xs
-        prep, _, _ = prepare(z, params, apply, st)
-        p = dense_probs(prep, threshold(prep, "auto", 64))
+        prep, tau, _, _, _ = prepare(z, params, apply, st)
+        p = dense_probs(prep, tau)
         best = argmax(prep.z)
         if update is not None:
             st = update(st, d)
@@ -164,6 +163,15 @@ def _array(name: str, x: Any) -> Any:
     if not hasattr(x, "dtype") or not hasattr(x, "shape"):
         raise TypeError(f"{name} must be a jax or numpy array, got {type(x).__name__}")
     return x
+
+
+def refuse_stateful(params: Any) -> None:
+    """XTC (a coin per step) and mirostat (a state per emitted token) are not verified here."""
+    on = [n for n in ("xtc", "mirostat") if n in params.samplers_on()]
+    if on:
+        raise NotImplementedError(
+            f"speculative decoding does not support {on} (XTC's coin and mirostat's state "
+            "change with every emitted token); decode without speculative= or turn them off")
 
 
 def verify(key: Any, draft_tokens: Any, target_logits: Any, params: SamplingParams | None = None,
@@ -210,6 +218,7 @@ def verify(key: Any, draft_tokens: Any, target_logits: Any, params: SamplingPara
       ([[1, 0]], [1])
     """
     params = check_params(params)
+    refuse_stateful(params)
     draft_tokens = _array("draft_tokens", draft_tokens)
     target_logits = _array("target_logits", target_logits)
     positions = _array("positions", positions)
@@ -370,8 +379,9 @@ def _model_drafts(dmodel, dcache, cur, pos, req, procs, static, k):
     def one(carry, i):
         tok, dcache, st = carry
         logits, dcache = dmodel(tok[:, None], (pos + i)[:, None], dcache)
-        prep, _, _ = prepare(logits[:, 0].astype(jnp.float32), req.params, static.apply, st)
-        p = dense_probs(prep, threshold(prep, "auto", 64))
+        prep, tau, _, _, _ = prepare(logits[:, 0].astype(jnp.float32), req.params,
+                                     static.apply, st)
+        p = dense_probs(prep, tau)
         best = argmax(prep.z)
         drawn = _dense_draw(p, _draft_uniforms(req.keys, pos + 1 + i))
         d = jnp.where(prep.greedy, best, drawn).astype(jnp.int32)
@@ -492,6 +502,7 @@ def _setup(model, prompts, params, key, max_new_tokens, stop_ids, pad_id, bucket
     n = va.int_arg("ngram", ngram, minimum=1)
     graphdef, state, tokens, lengths, req, prog, static, cache_len, max_new = dec._prepare(
         model, prompts, key, params, max_new_tokens, stop_ids, pad_id, bucket, processors)
+    refuse_stateful(req.params)
     dgraph, dstate = None, ()  # () not None: a compiled call keeps every argument
     if isinstance(draft, str):
         if draft != "ngram":
