@@ -323,3 +323,60 @@ def test_sharded_sampling_refuses_the_catalogue():
     with pytest.raises(NotImplementedError, match="typical_p"):
         nx.sample(jax.random.key(0), jnp.zeros((2, 8)), nx.SamplingParams(typical_p=0.5),
                   mesh=mesh, vocab_axis="v")
+
+
+# ----------------------------------------------------------------------------
+# In the decoding loop (a tiny model; float64 logits from tests/npmodel.py)
+
+def test_loop_carries_mirostat_and_applies_the_catalogue():
+    """Every token of `generate` is drawn from the reference distribution at that step: the
+    model's logits (npmodel), then the chain with mirostat's mu advanced by the tokens before
+    (and XTC with a = 1, typical, top-n-sigma). New values compile nothing."""
+    from nucleax import decode
+    from nucleax.models.llama import Llama, LlamaConfig, random_weights
+    from npmodel import forward
+
+    config = LlamaConfig(vocab_size=32, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                         hidden_dim=48, head_dim=8, context_length=64)
+    weights = random_weights(config, seed=3, scale=0.6)
+    model = Llama(config, weights)
+    prompts = [[3, 4, 5, 3], [10, 11], [7, 7, 7, 1, 2]]
+    keys = jnp.stack([jax.random.key(s) for s in (1, 2, 3)])
+    settings = [
+        dict(temperature=[1.0, 0.9, 1.2], mirostat_tau=[3.0, 0.0, 2.0],
+             mirostat_eta=[0.5, 0.1, 0.2], typical_p=[1.0, 0.8, 1.0],
+             top_n_sigma=[-1.0, 2.0, 1.5], xtc_probability=[0.0, 1.0, 0.0],
+             xtc_threshold=[0.1, 0.05, 0.1]),
+        dict(temperature=[0.8, 1.1, 1.0], mirostat_tau=[2.0, 0.0, 4.0],
+             mirostat_eta=[0.3, 0.1, 0.6], typical_p=[1.0, 0.6, 1.0],
+             top_n_sigma=[1.0, -1.0, 2.5], xtc_probability=[0.0, 1.0, 0.0],
+             xtc_threshold=[0.1, 0.1, 0.1]),
+    ]
+    before = None
+    for s in settings:
+        params = nx.SamplingParams(**{k: np.asarray(v, np.float32) for k, v in s.items()})
+        out = decode.generate(model, prompts, params, key=keys, max_new_tokens=10,
+                              return_logprobs=True)
+        if before is None:
+            before = decode._generate._cache_size()
+        assert decode._generate._cache_size() == before
+        for b, prompt in enumerate(prompts):
+            row = {k: v[b] for k, v in s.items()}
+            mu = 2 * row["mirostat_tau"]
+            toks = np.asarray(out.tokens[b]).tolist()
+            for i, t in enumerate(toks):
+                z = forward(config, weights, prompt + toks[:i])[-1].astype(np.float32)
+                alive, q, _ = chain_row(z, fire=True, mu=mu, **row)
+                assert alive[t], (b, i, t)
+                np.testing.assert_allclose(out.logprobs[b, i], np.log(q[t]), atol=2e-4)
+                if row["mirostat_tau"] > 0:
+                    mu = mirostat_step(mu, q[t], row["mirostat_tau"], row["mirostat_eta"])
+
+
+def test_speculative_refuses_xtc_and_mirostat():
+    from nucleax.speculative import verify
+
+    z = jnp.zeros((1, 2, 4))
+    with pytest.raises(NotImplementedError, match="mirostat"):
+        verify(jax.random.key(0), jnp.array([[1]]), z, nx.SamplingParams(mirostat_tau=3.0),
+               positions=jnp.array([0]))

@@ -291,6 +291,34 @@ class SamplingParams:
         `z -= f * count + q * [count > 0]`, counts over the output only.
       no_repeat_ngram_size: `n >= 0`, 0 is off: never repeat an n-gram of
         prompt plus output.
+      dry_multiplier, dry_base, dry_allowed_length, dry_range,
+        dry_sequence_breakers: DRY ("don't repeat yourself", llama.cpp /
+        koboldcpp): a token that would extend a repeat of `n >=
+        allowed_length` context tokens gets `z -= multiplier * base **
+        (n - allowed_length)`; matches never cross a breaker id and look back
+        `dry_range` tokens (0: the whole context). `dry_multiplier = 0` is off.
+
+    The wider catalogue (stage 3, each off by default; see `nucleax.samplers`):
+      top_n_sigma: keep `z >= max(z) - n * std(z)` (Tang et al., 2024);
+        negative is off.
+      typical_p: locally typical sampling (Meister et al., 2023): keep the
+        tokens whose surprise is closest to the entropy, mass `< t` before
+        them. In `(0, 1]`; 1 is off.
+      epsilon, eta: truncation sampling (Hewitt et al., 2022): keep `q >= e`,
+        or `q >= min(h, sqrt(h) * exp(-H))`. In `[0, 1)`; 0 is off.
+      xtc_probability, xtc_threshold: exclude top choices (llama.cpp): with
+        probability `a` per row and step, of the tokens with `q >= c` (if at
+        least two), remove all but the least probable. `a = 0` is off.
+      dynatemp_range, dynatemp_exponent: dynamic temperature (llama.cpp): `T`
+        moves in `[T - d, T + d]` with the normalised entropy to the power `e`.
+        `d = 0` is off.
+      mirostat_tau, mirostat_eta: mirostat v2 (Basu et al., 2021), target
+        surprise `tau` bits and learning rate `eta`; replaces top-k, typical,
+        top-p and min-p on its rows; its state `mu` is carried by the
+        decoding loop (or passed as `sample(..., mu=)`). `tau = 0` is off.
+      order: the order of stage 3's steps: `"nucleax"` (default), a peer's
+        (`"llama.cpp"`: temperature last; `"vllm"`: min-p before top-k/top-p;
+        `"hf"`), or a tuple of step names. Static: changing it recompiles.
 
     Stopping (read by the decoding loop, `nucleax.decode.generate`):
       stop: token-id sequences that end the request when the output ends
@@ -459,8 +487,8 @@ class SamplingParams:
         """The chain of logits processors these values switch on, then `extra`; None if empty.
 
         Order (vLLM's): allowed_token_ids, bad_words, min_tokens, logit_bias,
-        repetition_penalty, frequency/presence penalties, no_repeat_ngram_size;
-        then the `extra` processors. This is the chain `sample`, `probs`,
+        repetition_penalty, frequency/presence penalties, no_repeat_ngram_size,
+        DRY; then the `extra` processors. This is the chain `sample`, `probs`,
         `keep_mask` and `generate` run for `params=self, processors=extra`, so
         its `init` gives the `state=` they take. As in HF transformers, a
         built-in processor both switched on here and given in `extra` is an
