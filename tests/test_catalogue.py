@@ -9,13 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from catref import OFF, chain_row, mirostat_step
+from jaxmode import x64
 from scipy import stats
 
 import nucleax as nx
 from nucleax import _sample, samplers
-
-from catref import OFF, chain_row, mirostat_step
-from jaxmode import x64
 
 ALPHA = 1e-3
 FIELDS = tuple(OFF)
@@ -189,8 +188,7 @@ def test_mirostat_several_steps_chi_square_and_mu_trajectory():
     mu = samplers.mirostat_init(params, n)
     mu_ref = np.full(n, 2 * tau)
     for step in range(3):
-        keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(
-            jax.random.split(jax.random.key(2), n))
+        keys = jax.random.split(jax.random.fold_in(jax.random.key(2), step), n)
         out = nx.sample(keys, logits, params, mu=mu, return_logprobs=True)
         tokens = np.asarray(out.tokens)
         expected = np.zeros(z.size)
@@ -332,9 +330,10 @@ def test_loop_carries_mirostat_and_applies_the_catalogue():
     """Every token of `generate` is drawn from the reference distribution at that step: the
     model's logits (npmodel), then the chain with mirostat's mu advanced by the tokens before
     (and XTC with a = 1, typical, top-n-sigma). New values compile nothing."""
+    from npmodel import forward
+
     from nucleax import decode
     from nucleax.models.llama import Llama, LlamaConfig, random_weights
-    from npmodel import forward
 
     config = LlamaConfig(vocab_size=32, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
                          hidden_dim=48, head_dim=8, context_length=64)

@@ -42,8 +42,8 @@ from . import _validate as va
 from ._keys import row_keys
 from ._params import SamplingParams
 from ._sample import build_chain, check_params, dense_output, sample_impl
-from .samplers import check_order, mirostat_init, mirostat_update
 from .processors import suffix_matches
+from .samplers import check_order, mirostat_init, mirostat_update
 
 __all__ = ["GenerateOutput", "generate", "stream"]
 
