@@ -8,7 +8,9 @@ The contract (what is sampled), in short:
    (on the distribution renormalised after top-k), then min-p, then one draw
    from the softmax over the surviving tokens (the order of HF transformers and
    SGLang; vLLM applies min-p before top-k/top-p, which differs only when min-p
-   and top-p are both active).
+   and top-p are both active). The wider catalogue (top-n-sigma, typical,
+   epsilon, eta, XTC, dynamic temperature, mirostat v2) and the peers' orders
+   (`SamplingParams(order="llama.cpp" | "vllm" | "hf")`): `nucleax.samplers`.
 2. Masks are tie-inclusive, so permuting the vocabulary permutes the answer:
    top-k keeps x iff fewer than k tokens have a strictly larger logit; top-p
    keeps x iff the mass of strictly more probable tokens is < p; min-p keeps x
@@ -29,11 +31,15 @@ The contract (what is sampled), in short:
    with +inf logits is uniform over them; a row with no finite logit gives
    token 0, a point mass on token 0 in `probs`, and `valid = False`. The
    processors' traced fallbacks: repetition_penalty <= 0 or NaN is off;
-   frequency/presence penalties NaN are off, others clipped to [-2, 2].
+   frequency/presence penalties NaN are off, others clipped to [-2, 2]. The
+   catalogue's traced values: NaN turns a sampler off; values out of range act
+   as the nearest valid one would (typical_p <= 0 keeps the token(s) of least
+   score, epsilon or eta >= 1 keep the most probable token(s)); mirostat's
+   `mu` NaN keeps the most probable token(s).
    `jax_enable_x64` changes nothing: the arithmetic stays float32 / int32.
 """
 
-from . import processors
+from . import processors, samplers
 from ._params import SamplingParams
 from ._sample import SampleOutput, keep_mask, probs, sample
 from .apps import presets
@@ -62,6 +68,7 @@ __all__ = [
     "presets",
     "processors",
     "probs",
+    "samplers",
     "sample",
     "scale_temperature",
     "verify",
