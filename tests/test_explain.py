@@ -390,7 +390,7 @@ def test_each_catalogue_warning_triggers(params, fragment):
 
 
 def test_no_catalogue_warning_for_sensible_settings():
-    from nucleax.apps.check import missing_steps
+    from nucleax.samplers import missing_steps
 
     for p in (nx.SamplingParams(0.7, typical_p=0.9), nx.SamplingParams(1.0, top_n_sigma=1.0),
               nx.SamplingParams(0.7, xtc_probability=0.5, xtc_threshold=0.1),

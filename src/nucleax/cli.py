@@ -480,7 +480,7 @@ def _check_catalogue(args: argparse.Namespace) -> None:
 
 def _check_order(args: argparse.Namespace, params: Any) -> None:
     """A sampler on but absent from --samplers-order: one line before any model loads."""
-    from .apps.check import missing_steps
+    from .samplers import missing_steps
 
     missing = missing_steps(params)
     if missing:

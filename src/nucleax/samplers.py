@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["DEFAULT", "HF", "LLAMA_CPP", "ORDERS", "STEPS", "VLLM", "as_order",
-           "mirostat_init", "mirostat_update"]
+           "mirostat_init", "mirostat_update", "missing_steps"]
 
 STEPS = ("temperature", "top_n_sigma", "top_k", "typical_p", "top_p", "min_p", "epsilon", "eta",
          "xtc")
@@ -100,18 +100,29 @@ def name_of(order: tuple[str, ...]) -> str:
     return ">".join(order)
 
 
-def check_order(params: Any) -> None:
-    """Raises when a sampler that `params` switches on has no step in its order."""
-    order = params.order
+def missing_steps(params: Any) -> list[str]:
+    """The samplers (and knobs) that `params` switches on but whose step its order lacks.
+
+    Example:
+      >>> import nucleax
+      >>> missing_steps(nucleax.SamplingParams(typical_p=0.9, order="vllm"))
+      ['typical_p']
+    """
     needed = [(f, STEP_OF[f]) for f in params.samplers_on() if f in STEP_OF]
-    knobs = {"top_k": params.top_k, "top_p": params.top_p, "min_p": params.min_p}
     offs = {"top_k": lambda v: (v == 0) | (v == -1), "top_p": lambda v: v == 1,
             "min_p": lambda v: v == 0}
-    for name, value in knobs.items():
-        if not isinstance(value, jax.core.Tracer) and not np.all(offs[name](np.asarray(value))):
+    for name, off in offs.items():
+        value = getattr(params, name)
+        if not isinstance(value, jax.core.Tracer) and not np.all(off(np.asarray(value))):
             needed.append((name, name))
-    missing = sorted({field for field, step in needed if step not in order})
+    return list(dict.fromkeys(field for field, step in needed if step not in params.order))
+
+
+def check_order(params: Any) -> None:
+    """Raises when a sampler that `params` switches on has no step in its order."""
+    missing = missing_steps(params)
     if missing:
+        order = params.order
         raise ValueError(f"{missing} set, but order {name_of(order)!r} has no such step "
                          f"({order}); that peer has no such sampler. Use order='nucleax' "
                          "(every sampler) or give your own order with those steps")

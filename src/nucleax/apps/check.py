@@ -32,7 +32,7 @@ Contradictions among the wider catalogue (SEMANTICS Part 2):
   clipped at 0;
 - `T = 0` is greedy: every catalogue sampler is then inert;
 - a sampler on but absent from `params.order` (say typical with
-  `order="vllm"`): sampling raises; `missing_steps` names them.
+  `order="vllm"`): sampling raises; `nucleax.samplers.missing_steps` names them.
 """
 
 from __future__ import annotations
@@ -43,9 +43,10 @@ from typing import Any
 import numpy as np
 
 from .._params import SamplingParams
+from ..samplers import missing_steps
 
 __all__ = ["HIGH_TEMPERATURE", "LOW_TOP_K", "LOW_TOP_P", "MANY_SURVIVORS", "XTC_NEVER",
-           "SamplingWarning", "check", "missing_steps"]
+           "SamplingWarning", "check"]
 
 HIGH_TEMPERATURE = 1.3
 LOW_TOP_P = 0.3
@@ -117,28 +118,6 @@ def _catalogue_warnings(t: float, k: int, p: float, m: float, c: dict[str, float
         out.append(f"dynatemp_range {d:g} > temperature {t:g}: the lowest temperature "
                    f"{t:g} - {d:g} is clipped at 0, so low-entropy steps turn greedy")
     return out
-
-
-def missing_steps(params: SamplingParams) -> list[str]:
-    """The samplers that `params` switches on but whose step `params.order` lacks.
-
-    Names as in `SamplingParams.samplers_on` (plus `top_k`, `top_p`, `min_p`);
-    sampling with such params raises (`nucleax.samplers`).
-
-    Example:
-      >>> missing_steps(SamplingParams(typical_p=0.9, order="vllm"))
-      ['typical_p']
-    """
-    from ..samplers import STEP_OF
-
-    needed = [(name, STEP_OF[name]) for name in params.samplers_on() if name in STEP_OF]
-    offs = {"top_k": lambda v: (v == 0) | (v == -1), "top_p": lambda v: v == 1,
-            "min_p": lambda v: v == 0}
-    for name, off in offs.items():
-        value = getattr(params, name)
-        if isinstance(value, np.ndarray | np.generic) and not np.all(off(np.asarray(value))):
-            needed.append((name, name))
-    return [name for name, step in needed if step not in params.order]
 
 
 def check(params: SamplingParams, logits: Any = None, *, warn: bool = True) -> list[str]:
