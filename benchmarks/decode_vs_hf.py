@@ -110,11 +110,11 @@ def hf_worker() -> int:
         torch.set_num_threads(cmd["threads"] or default_threads)
         torch.manual_seed(cmd["seed"])
         with torch.inference_mode():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             res = model.generate(ids, **kw)
-            seconds = time.perf_counter() - t0
+            seconds, cpu_s = time.perf_counter() - t0, time.process_time() - c0
         new = res[:, ids.shape[1]:]
-        say({"seconds": seconds, "new_tokens": int(new.shape[1]),
+        say({"seconds": seconds, "cpu_s": cpu_s, "new_tokens": int(new.shape[1]),
              "tokens": new.tolist() if cmd.get("return_tokens") else None})
     return 0
 
@@ -218,15 +218,21 @@ def nucleax_side(gguf: Path) -> tuple[Any, Any, int, Callable[..., Any]]:
     return model, tok, weight_bytes, run
 
 
-def _rounds(cases: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
-    """`reps` rounds, every case once per round in turn: the seconds of each call."""
+def _rounds(cases: dict[str, Callable[[], Any]],
+            reps: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """`reps` rounds, every case once per round in turn: the seconds of each call, and the
+    cores it kept busy (CPU seconds / wall seconds; the HF worker reports its own CPU time)."""
     times: dict[str, list[float]] = {name: [] for name in cases}
+    cores: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(reps):
         for name, fn in cases.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
+            c0, t0 = time.process_time(), time.perf_counter()
+            out = fn()
+            seconds = time.perf_counter() - t0
+            cpu = out["cpu_s"] if isinstance(out, dict) else time.process_time() - c0
+            times[name].append(seconds)
+            cores[name].append(cpu / seconds)
+    return times, cores
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,9 +315,11 @@ def main(argv: list[str] | None = None) -> int:
                 calibration = {th: hf.generate([ids] * b, CALIBRATE_TOKENS, threads=th)["seconds"]
                                for th in candidates}
                 hf_threads[b] = min(calibration, key=calibration.__getitem__)
-            times = _rounds(c, args.reps)
+            times, cores = _rounds(c, args.reps)
             med = {k: statistics.median(v) for k, v in times.items()}
             row: dict[str, Any] = {"B": b, "seconds": times, "median_s": med,
+                                   "cores_busy": {k: statistics.median(v)
+                                                  for k, v in cores.items()},
                                    "hf_threads": hf_threads.get(b),
                                    "hf_thread_calibration_s": calibration}
             for side in ("nucleax", "hf"):
@@ -325,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             hf_txt = ("HF skipped" if "hf" not in med else
                       f"HF {row['hf_tokens_per_s']:6.1f} tok/s ({hf_threads[b]} threads; "
                       f"calibration {calibration})  ratio {row['ratio']:.2f}x")
+            hf_txt += "; cores busy " + " ".join(f"{k} {v:.2f}" for k, v in
+                                                 row["cores_busy"].items())
             print(f"run {r} B={b}: nucleax {row['nucleax_tokens_per_s']:6.1f} tok/s "
                   f"(decode only {row['nucleax_decode_tokens_per_s']:.1f})  {hf_txt}", flush=True)
         b1 = next((x for x in rows if x["B"] == 1), None)
