@@ -15,6 +15,7 @@ in every row leave the fast path's compiled code untouched.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -32,33 +33,43 @@ _KNOBS = ("top_k", "top_p", "min_p")
 XTC_STREAM = 0x58544301  # fold_in constant: XTC's coin, independent of the draw's uniform
 
 
-def _knobs_on(params: Any) -> tuple[str, ...]:
-    """The knobs that may be on (a traced value counts as on)."""
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What stage 3 runs, decided on the host (hashable: static under jit)."""
+
+    samplers: tuple[str, ...]  # catalogue samplers on (`SamplingParams.samplers_on`)
+    steps: tuple[str, ...]  # the steps of the order that can change something, in order
+
+    @property
+    def general(self) -> bool:
+        """True when stage 3 must run step by step."""
+        fast = tuple(s for s in ("temperature",) + _KNOBS if s in self.steps)
+        return bool(self.samplers) or self.steps != fast
+
+
+def plan(params: Any) -> Plan:
+    """The `Plan` of `params`: a knob counts as on unless known off on the host."""
     offs = {"top_k": lambda v: (v == 0) | (v == -1), "top_p": lambda v: v == 1,
             "min_p": lambda v: v == 0}
-    out = []
+    on = set(params.samplers_on())
     for name in _KNOBS:
         value = getattr(params, name)
         if isinstance(value, jax.core.Tracer) or not np.all(offs[name](np.asarray(value))):
-            out.append(name)
-    return tuple(out)
-
-
-def active_steps(params: Any) -> tuple[str, ...]:
-    """The steps of `params.order` that can change something, in order."""
-    on = set(params.samplers_on()) | set(_knobs_on(params))
-    step_on = {"top_n_sigma": "top_n_sigma", "typical_p": "typical_p", "epsilon": "epsilon",
-               "eta": "eta", "xtc": "xtc", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p"}
-    return tuple(s for s in params.order if s == "temperature" or step_on[s] in on)
+            on.add(name)
+    steps = tuple(s for s in params.order if s == "temperature" or s in on)
+    return Plan(params.samplers_on(), steps)
 
 
 def general(params: Any) -> bool:
     """True when stage 3 must run step by step (static: decided on the host)."""
-    if params.samplers_on():
-        return True
-    steps = active_steps(params)
-    fast = tuple(s for s in ("temperature",) + _KNOBS if s in steps)
-    return steps != fast
+    return plan(params).general
+
+
+def row_values(params: Any, batch: int) -> dict[str, jax.Array]:
+    """Every per-row value stage 3 reads, as `[batch]` arrays by field name."""
+    t, k, p, m = params.rows(batch)
+    return {"temperature": t, "top_k": k, "top_p": p, "min_p": m,
+            **params.sampler_rows(batch)}
 
 
 def xtc_uniforms(keys: jax.Array) -> jax.Array:
@@ -67,22 +78,21 @@ def xtc_uniforms(keys: jax.Array) -> jax.Array:
                                                  jnp.float32))(keys)
 
 
-def stage3(z: jax.Array, params: Any, method: str, window: int, xtc_u: Any = None,
-           mu: Any = None) -> tuple[Prepared, jax.Array, Any]:
+def stage3(z: jax.Array, how: Plan, v: dict[str, jax.Array], method: str, window: int,
+           xtc_u: Any = None, mu: Any = None) -> tuple[Prepared, jax.Array, Any]:
     """Stages 2-3: `(r, tau, window)` for the draw and the dense views.
 
-    `z` is the processed `[B, V]` float32 logits. The fast path returns the
+    `z` is the processed `[B, V]` float32 logits, `how` the host's `Plan`,
+    `v` the per-row values (`row_values`). The fast path returns the
     prepared rows, the threshold and the fast method's window; the general
     path returns rows whose removed tokens are at `-inf`, `tau = -inf` and
     no window.
     """
-    batch = z.shape[0]
-    t, k, p, m = params.rows(batch)
-    if not general(params):
-        r = Prepared(z, t, k, p, m)
+    if not how.general:
+        r = Prepared(z, v["temperature"], v["top_k"], v["top_p"], v["min_p"])
         tau, win = threshold_and_window(r, method, window)
         return r, tau, win
-    return _run_steps(z, params, method, window, xtc_u, mu)
+    return _run_steps(z, how, v, method, window, xtc_u, mu)
 
 
 def _prep(z, t, k=None, p=None, m=None) -> Prepared:
@@ -106,11 +116,10 @@ def _groups(steps: tuple[str, ...]) -> list[tuple[str, ...]]:
     return out
 
 
-def _run_steps(z, params, method, window, xtc_u, mu):
+def _run_steps(z, how, v, method, window, xtc_u, mu):
     batch = z.shape[0]
-    t, k, p, m = params.rows(batch)
-    v = params.sampler_rows(batch)
-    on = set(params.samplers_on())
+    t, k, p, m = v["temperature"], v["top_k"], v["top_p"], v["min_p"]
+    on = set(how.samplers)
     base = _prep(z, t)  # cleaning, greedy rows
     z, greedy = base.z, base.greedy
     live = ~greedy
@@ -126,7 +135,7 @@ def _run_steps(z, params, method, window, xtc_u, mu):
     def cut(z, keep):
         return jnp.where(live[:, None] & ~keep, _NEG_INF32, z)
 
-    for group in _groups(active_steps(params)):
+    for group in _groups(how.steps):
         step = group[0]
         if step == "temperature":
             t_cur = jnp.where(greedy, one, t)

@@ -9,6 +9,7 @@ one key per row (`_keys`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal, NamedTuple, overload
 
 import jax
@@ -16,12 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._catalogue import stage3, xtc_uniforms
+from ._catalogue import plan, row_values, stage3, xtc_uniforms
 from ._draw import dense_probs, draw
 from ._draw import keep_mask as _keep_mask
 from ._keys import row_keys
 from ._params import SamplingParams
-from ._rows import NEG_INF, Prepared, as_batch
+from ._rows import NEG_INF, ROW_CHUNK, Prepared, as_batch
 from ._truncation import check_method
 from .samplers import check_order, mirostat_init
 
@@ -133,7 +134,8 @@ def prepare(logits, params, apply, state, method="auto", window=64, xtc_u=None, 
     """
     raw, single = as_batch(logits)
     z = raw if apply is None else apply(state, raw)
-    r, tau, win = stage3(z, params, method, window, xtc_u, mu)
+    r, tau, win = stage3(z, plan(params), row_values(params, z.shape[0]), method, window, xtc_u,
+                         mu)
     return r, tau, win, raw, single
 
 
@@ -254,21 +256,53 @@ def keep_mask(logits: Any, params: SamplingParams | None = None, *, processors: 
 
 def sample_impl(key, logits, params, apply, state, return_logprobs, top_n, method, window,
                 mu=None):
-    """The traced body of `sample` (no host checks): usable inside any jit."""
-    batch = as_batch(logits)[0].shape[0]
+    """The traced body of `sample` (no host checks): usable inside any jit.
+
+    Stage 1 runs on the whole batch; stages 2-4 run on groups of `ROW_CHUNK`
+    rows at a time on the CPU backend (`_by_row_groups`), where a `[64, V]`
+    batch's passes leave the cache: every row's arithmetic is the same either
+    way, so are the tokens.
+    """
+    raw, single = as_batch(logits)
+    batch = raw.shape[0]
+    z = raw if apply is None else apply(state, raw)
     keys = row_keys(key, batch, "the logits' rows")
+    how = plan(params)
+    rows = (keys, z, None if apply is None else raw, row_values(params, batch), mu)
+    body = functools.partial(_sample_rows, how=how, method=method, window=window,
+                             return_logprobs=return_logprobs, top_n=top_n)
+    out = _by_row_groups(body, rows, batch)
+    return jax.tree.map(lambda x: _unbatch(x, single), out)
+
+
+def _by_row_groups(fn, rows, batch: int):
+    """`fn(rows)` on groups of `ROW_CHUNK` rows (a sequential `lax.map`) on the CPU backend
+    when the batch is a multiple of it above it; else `fn(rows)` once."""
+    if batch <= ROW_CHUNK or batch % ROW_CHUNK or jax.default_backend() != "cpu":
+        return fn(rows)
+    n = batch // ROW_CHUNK
+
+    def split(x):
+        return x.reshape(n, ROW_CHUNK, *x.shape[1:])
+
+    out = lax.map(fn, jax.tree.map(split, rows))
+    return jax.tree.map(lambda o: o.reshape(batch, *o.shape[2:]), out)
+
+
+def _sample_rows(rows, *, how, method, window, return_logprobs, top_n):
+    """Stages 2-4 and the log-probabilities for a `[b, V]` group of processed rows."""
+    keys, z, raw, values, mu = rows
+    batch, vocab = z.shape
     u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
-    xtc_u = xtc_uniforms(keys) if "xtc" in params.samplers_on() else None
-    r, tau, window_vals, raw, single = prepare(logits, params, apply, state, method, window,
-                                               xtc_u, mu)
-    vocab = r.z.shape[1]
+    xtc_u = xtc_uniforms(keys) if "xtc" in how.samplers else None
+    r, tau, window_vals = stage3(z, how, values, method, window, xtc_u, mu)
     tokens, total = draw(r, tau, u, window_vals)
     if not (return_logprobs or top_n):
-        return _unbatch(tokens, single)
+        return tokens
 
     # Raw log-probabilities: log_softmax of the logits before any processor,
     # as (z - max) - log(sum exp(z - max)) so that huge logits keep precision.
-    r_raw = r if apply is None else Prepared(raw, *SamplingParams().rows(batch))
+    r_raw = r if raw is None else Prepared(raw, *SamplingParams().rows(batch))
     log_norm = jnp.log(jnp.sum(jnp.exp(r_raw.z - r_raw.zmax[:, None]), axis=-1))
     log_total = jnp.log(jnp.where(r.greedy, 1.0, total))
 
@@ -290,8 +324,7 @@ def sample_impl(key, logits, params, apply, state, return_logprobs, top_n, metho
     else:
         top_ids = jnp.zeros((batch, 0), jnp.int32)
     top_proc, top_raw = logps(top_ids)
-    out = SampleOutput(tokens, proc[:, 0], raw_lp[:, 0], r.valid, top_ids, top_proc, top_raw)
-    return jax.tree.map(lambda x: _unbatch(x, single), out)
+    return SampleOutput(tokens, proc[:, 0], raw_lp[:, 0], r.valid, top_ids, top_proc, top_raw)
 
 
 _sample = jax.jit(sample_impl, static_argnames=("apply", "return_logprobs", "top_n", "method",
