@@ -379,3 +379,39 @@ def test_speculative_refuses_xtc_and_mirostat():
     with pytest.raises(NotImplementedError, match="mirostat"):
         verify(jax.random.key(0), jnp.array([[1]]), z, nx.SamplingParams(mirostat_tau=3.0),
                positions=jnp.array([0]))
+
+
+def test_top_n_sigma_is_scale_free_at_any_magnitude():
+    """std of (2, 1, 0, -1, -2) * s is s * sqrt(2): keep z >= max - std for every s, without
+    the squares overflowing or underflowing; a row spanning almost all of float32 too."""
+    base = np.array([2.0, 1.0, 0.0, -1.0, -2.0], np.float32)
+    for s in (1e-30, 1e-20, 1e-4, 1.0, 1e4, 1e20, 1e30):
+        p = nx.SamplingParams(temperature=s, top_n_sigma=1.0)
+        np.testing.assert_array_equal(nx.keep_mask(jnp.asarray(base * s), p),
+                                      [True, True, False, False, False], err_msg=str(s))
+        np.testing.assert_allclose(nx.probs(jnp.asarray(base * s), p)[:2], [0.731, 0.269],
+                                   atol=1e-3)
+    wide = jnp.asarray([3e38, 2.9e38, -3e38], jnp.float32)
+    np.testing.assert_array_equal(nx.keep_mask(wide, nx.SamplingParams(top_n_sigma=1.0)),
+                                  [True, True, False])
+
+
+def test_infinite_temperature_is_uniform_for_the_probability_rules():
+    """T = +inf (traced) makes every token equally probable: epsilon, eta, mirostat and XTC,
+    which compare probabilities, keep them all."""
+    z = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
+
+    @jax.jit
+    def run(t):
+        return jnp.stack([nx.probs(z, nx.SamplingParams(temperature=t, **kw),
+                                   key=jax.random.key(0))
+                          for kw in (dict(epsilon=0.3), dict(eta=0.2), dict(mirostat_tau=0.5),
+                                     dict(xtc_probability=1.0, xtc_threshold=0.1))])
+
+    np.testing.assert_allclose(run(jnp.float32(jnp.inf)), np.full((4, 4), 0.25))
+
+
+def test_host_mu_must_be_finite():
+    with pytest.raises(ValueError, match="mu must be finite"):
+        nx.sample(jax.random.key(0), jnp.zeros((2, 4)), nx.SamplingParams(mirostat_tau=3.0),
+                  mu=jnp.array([1.0, jnp.nan]))

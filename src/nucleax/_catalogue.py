@@ -197,7 +197,7 @@ def _entropy(logq: jax.Array) -> jax.Array:
 def _floor_keep(r: Prepared, log_floor: jax.Array, on: jax.Array) -> jax.Array:
     """Keep `log q_x >= log_floor` (and the most probable tokens) where `on`."""
     logq, _ = _log_q(r)
-    top = r.z >= r.zmax[:, None]
+    top = logq >= jnp.max(logq, axis=-1, keepdims=True)  # T = inf: every alive token
     keep = (logq >= log_floor[:, None]) | top
     return keep | ~on[:, None]
 
@@ -206,13 +206,23 @@ def _top_n_sigma_keep(r: Prepared, n: jax.Array) -> jax.Array:
     """`z >= max - n * std(z)` over the finite logits (a scale-free rule: T does not matter)."""
     alive = r.z > NEG_INF
     count = jnp.maximum(jnp.sum(alive, axis=-1), 1).astype(jnp.float32)
-    zc = jnp.where(alive, r.z - r.zmax[:, None], np.float32(0.0))  # shifted: no overflow
-    mean = jnp.sum(zc, axis=-1) / count
-    var = jnp.sum(jnp.where(alive, jnp.square(zc - mean[:, None]), np.float32(0.0)),
+    # Shifted by the max (halved first: a row may span 2 * 3.4e38) and divided by the widest
+    # gap, so that the squares neither overflow nor underflow: y is in [-1, 0].
+    half = np.float32(0.5)
+    zc = jnp.where(alive, r.z * half - (r.zmax * half)[:, None], np.float32(0.0))
+    width = -jnp.min(zc, axis=-1)
+    # XLA may divide by multiplying with 1 / width, which is subnormal (flushed to 0) for
+    # width > 8.5e37: wide rows are scaled down by an exact power of two first.
+    big = (width > np.float32(2.0**64))[:, None]
+    scale = jnp.where(big, np.float32(2.0**-64), np.float32(1.0))
+    width = jnp.where(width > 0, width, np.float32(1.0))[:, None]
+    y = (zc * scale) / (width * scale)
+    mean = jnp.sum(y, axis=-1) / count
+    var = jnp.sum(jnp.where(alive, jnp.square(y - mean[:, None]), np.float32(0.0)),
                   axis=-1) / count
-    bound = -n * jnp.sqrt(var)  # relative to the row max
+    bound = -n * jnp.sqrt(var)  # relative to the row max, in units of the widest gap
     on = (n >= 0) & ~r.uniform  # T = inf: every tempered logit is 0, so all survive
-    keep = zc >= jnp.where(jnp.isnan(bound), np.float32(0.0), bound)[:, None]
+    keep = y >= jnp.where(jnp.isnan(bound), np.float32(0.0), bound)[:, None]
     return keep | ~on[:, None]
 
 
@@ -248,9 +258,9 @@ def _xtc_keep(r: Prepared, prob: jax.Array, thr: jax.Array, u: jax.Array) -> jax
     logq, _ = _log_q(r)
     in_s = (logq >= jnp.log(thr)[:, None]) & (logq > NEG_INF)
     two = jnp.sum(in_s, axis=-1) >= 2
-    low = jnp.min(jnp.where(in_s, r.z, _INF32), axis=-1)
+    low = jnp.min(jnp.where(in_s, logq, _INF32), axis=-1)
     fire = (u < prob) & two
-    return ~(fire[:, None] & (r.z > low[:, None]))
+    return ~(fire[:, None] & (logq > low[:, None]))
 
 
 def _dynatemp(z, t, d, e):

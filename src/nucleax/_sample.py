@@ -112,6 +112,12 @@ def check_mu(mu: Any, params: SamplingParams, batch: int) -> Any:
     if tuple(shape) not in ((), (batch,)):
         raise ValueError(f"mu must be a scalar or a [B] array with B={batch} (mirostat's "
                          f"state per row), got shape {tuple(shape)}")
+    if not isinstance(mu, jax.core.Tracer):
+        bad = ~np.isfinite(np.asarray(mu, np.float64))
+        if np.any(bad):
+            raise ValueError(f"mu must be finite (mirostat's state in bits, starting at "
+                             f"2 * mirostat_tau), got {np.asarray(mu)[bad].reshape(-1)[0]}; "
+                             "start from nucleax.samplers.mirostat_init(params, B)")
     return jnp.broadcast_to(jnp.asarray(mu, jnp.float32), (batch,))
 
 
