@@ -269,12 +269,18 @@ def sample_impl(key, logits, params, apply, state, return_logprobs, top_n, metho
     batch's passes leave the cache: every row's arithmetic is the same either
     way, so are the tokens.
     """
-    raw, single = as_batch(logits)
-    batch = raw.shape[0]
-    z = raw if apply is None else apply(state, raw)
+    if apply is None:  # upcast inside the groups: no full-size float32 copy of bf16 logits
+        as_batch(logits)  # the checks
+        z = jnp.asarray(logits)
+        single = z.ndim == 1
+        z, raw = (z[None] if single else z), None
+    else:
+        raw, single = as_batch(logits)
+        z = apply(state, raw)
+    batch = z.shape[0]
     keys = row_keys(key, batch, "the logits' rows")
     how = plan(params)
-    rows = (keys, z, None if apply is None else raw, row_values(params, batch), mu)
+    rows = (keys, z, raw, row_values(params, batch), mu)
     body = functools.partial(_sample_rows, how=how, method=method, window=window,
                              return_logprobs=return_logprobs, top_n=top_n)
     out = _by_row_groups(body, rows, batch)
@@ -298,6 +304,8 @@ def _by_row_groups(fn, rows, batch: int):
 def _sample_rows(rows, *, how, method, window, return_logprobs, top_n):
     """Stages 2-4 and the log-probabilities for a `[b, V]` group of processed rows."""
     keys, z, raw, values, mu = rows
+    if z.dtype != jnp.float32:  # convert once per group (not inside every fused pass)
+        z = lax.optimization_barrier(z.astype(jnp.float32))
     batch, vocab = z.shape
     u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
     xtc_u = xtc_uniforms(keys) if "xtc" in how.samplers else None
