@@ -271,7 +271,7 @@ def sample_impl(key, logits, params, apply, state, return_logprobs, top_n, metho
     """
     if apply is None:  # upcast inside the groups: no full-size float32 copy of bf16 logits
         as_batch(logits)  # the checks
-        z = jnp.asarray(logits)
+        z = _as_bits(jnp.asarray(logits))
         single = z.ndim == 1
         z, raw = (z[None] if single else z), None
     else:
@@ -301,11 +301,24 @@ def _by_row_groups(fn, rows, batch: int):
     return jax.tree.map(lambda o: o.reshape(batch, *o.shape[2:]), out)
 
 
+def _upcast(z: jax.Array) -> jax.Array:
+    """float32 values of a group's logits. bf16 arrives as its uint16 bits (`_as_bits`) and is
+    widened with integer ops: XLA would otherwise hoist a `convert` out of the row groups'
+    loop and write a full-size float32 copy of the batch (slow on the CPU)."""
+    if z.dtype == jnp.uint16:
+        return lax.bitcast_convert_type(z.astype(jnp.uint32) << 16, jnp.float32)
+    return z.astype(jnp.float32)
+
+
+def _as_bits(z: jax.Array) -> jax.Array:
+    """bf16 logits as their uint16 bits (exact; see `_upcast`), other dtypes unchanged."""
+    return lax.bitcast_convert_type(z, jnp.uint16) if z.dtype == jnp.bfloat16 else z
+
+
 def _sample_rows(rows, *, how, method, window, return_logprobs, top_n):
     """Stages 2-4 and the log-probabilities for a `[b, V]` group of processed rows."""
     keys, z, raw, values, mu = rows
-    if z.dtype != jnp.float32:  # convert once per group (not inside every fused pass)
-        z = lax.optimization_barrier(z.astype(jnp.float32))
+    z = _upcast(z)
     batch, vocab = z.shape
     u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
     xtc_u = xtc_uniforms(keys) if "xtc" in how.samplers else None
