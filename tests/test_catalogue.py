@@ -10,13 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from catref import OFF, chain_row, mirostat_step
+from chisq import check as chi2_check
 from jaxmode import x64
-from scipy import stats
 
 import nucleax as nx
 from nucleax import _sample, samplers
 
-ALPHA = 1e-3
 FIELDS = tuple(OFF)
 INT_FIELDS = ("top_k",)
 
@@ -148,20 +147,6 @@ def test_peer_orders_differ_on_a_pinned_case():
     np.testing.assert_allclose(probs("llama.cpp"), [0.653, 0.255, 0.092, 0, 0, 0], atol=1e-3)
 
 
-def _chi2(counts, expected_p, what):
-    counts = np.asarray(counts, np.float64)
-    exp = np.asarray(expected_p, np.float64) * counts.sum()
-    zero = exp == 0
-    assert counts[zero].sum() == 0, f"{what}: a token of probability 0 was drawn"
-    keep = exp >= 5
-    obs = np.concatenate([counts[keep], [counts[~keep & ~zero].sum()]])
-    ex = np.concatenate([exp[keep], [exp[~keep & ~zero].sum()]])
-    if ex[-1] == 0:
-        obs, ex = obs[:-1], ex[:-1]
-    pval = stats.chisquare(obs, ex * obs.sum() / ex.sum()).pvalue
-    assert pval > ALPHA, f"{what}: chi-square p-value {pval:.2e} < {ALPHA}"
-
-
 def test_xtc_coin_and_exclusion_chi_square():
     """XTC a = 0.5: the coin and the exclusion together, against the float64 mixture."""
     rng = np.random.default_rng(7)
@@ -173,7 +158,7 @@ def test_xtc_coin_and_exclusion_chi_square():
     fired = chain_row(z, fire=True, xtc_probability=0.5, xtc_threshold=0.05)[1]
     kept = chain_row(z, fire=False, xtc_probability=0.5, xtc_threshold=0.05)[1]
     assert not np.allclose(fired, kept)  # the case exercises the exclusion
-    _chi2(np.bincount(tokens, minlength=z.size), 0.5 * fired + 0.5 * kept, "xtc")
+    chi2_check(np.bincount(tokens, minlength=z.size), 0.5 * fired + 0.5 * kept, "xtc")
 
 
 def test_mirostat_several_steps_chi_square_and_mu_trajectory():
@@ -199,7 +184,7 @@ def test_mirostat_several_steps_chi_square_and_mu_trajectory():
             drawn = tokens[rows]
             assert np.all(q[drawn] > 0), f"step {step}: a token outside mirostat's set"
             mu_ref[rows] = mirostat_step(m, q[drawn], tau, eta)
-        _chi2(np.bincount(tokens, minlength=z.size), expected / n, f"mirostat step {step}")
+        chi2_check(np.bincount(tokens, minlength=z.size), expected / n, f"mirostat step {step}")
         mu = samplers.mirostat_update(mu, out.logprobs, params)
         np.testing.assert_allclose(np.asarray(mu), mu_ref, rtol=1e-5, atol=1e-5)
     assert len(np.unique(np.round(mu_ref, 4))) > 3  # the trajectories did diverge

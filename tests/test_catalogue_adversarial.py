@@ -20,13 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from catref import OFF, chain_row
+from chisq import check as chi2_check
 from jaxmode import x64
-from scipy import stats
 
 import nucleax as nx
 from nucleax import samplers
 
-ALPHA = 1e-3
 FIELDS = tuple(OFF)
 B, V = 16, 40
 SPECIAL = np.array([np.nan, np.inf, -np.inf, -1.0, 0.0, 1.0, 2.0, 1e-30, 1e30, 0.5, 0.05],
@@ -347,20 +346,6 @@ def test_a_custom_order_with_dynatemp_and_mirostat_matches_the_reference(order):
 # probs against sample; the keys decide XTC
 
 
-def _chi2(counts, expected_p, what):
-    counts = np.asarray(counts, np.float64)
-    exp = np.asarray(expected_p, np.float64) * counts.sum()
-    zero = exp == 0
-    assert counts[zero].sum() == 0, f"{what}: a token of probability 0 was drawn"
-    keep = exp >= 5
-    obs = np.concatenate([counts[keep], [counts[~keep & ~zero].sum()]])
-    ex = np.concatenate([exp[keep], [exp[~keep & ~zero].sum()]])
-    if ex[-1] == 0:
-        obs, ex = obs[:-1], ex[:-1]
-    pval = stats.chisquare(obs, ex * obs.sum() / ex.sum()).pvalue
-    assert pval > ALPHA, f"{what}: chi-square p-value {pval:.2e} < {ALPHA}"
-
-
 
 CHI_SETTINGS = [
     dict(temperature=1.5, top_n_sigma=2.5, typical_p=0.9, eta=0.002),
@@ -390,7 +375,7 @@ def test_sample_frequencies_follow_probs():
             expected[j] += pr[part].sum(0)
     for j, kw in enumerate(CHI_SETTINGS):
         assert np.count_nonzero(expected[j]) > 3, kw
-        _chi2(counts[j], expected[j] / expected[j].sum(), str(kw))
+        chi2_check(counts[j], expected[j] / expected[j].sum(), str(kw))
 
 
 def test_keys_decide_xtc_and_every_view_agrees():

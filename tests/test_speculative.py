@@ -11,13 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
+from chisq import check as chi2_check
 
 import nucleax as nx
 from nucleax.speculative import VerifyOutput, verify
 
 V = 12
-ALPHA = 1e-3
 RNG = np.random.default_rng(1234)
 L = (RNG.normal(size=(V, V)) * 1.5 + 3.0 * np.eye(V)).astype(np.float32)  # logits after t
 _SOFT = np.exp(L - L.max(-1, keepdims=True))
@@ -61,20 +60,6 @@ def _round(rng, prev, batch, k, full):
     return jnp.asarray(drafts), (jnp.asarray(dprobs) if full else None), jnp.asarray(logits)
 
 
-def _chi2(counts, expected_p, what):
-    counts = np.asarray(counts, np.float64).ravel()
-    exp = np.asarray(expected_p, np.float64).ravel() * counts.sum()
-    zero = exp == 0
-    assert counts[zero].sum() == 0, f"{what}: a token of probability 0 was emitted"
-    small = (exp < 5) & ~zero
-    obs = np.concatenate([counts[~zero & ~small], [counts[small].sum()]])
-    ex = np.concatenate([exp[~zero & ~small], [exp[small].sum()]])
-    if ex[-1] == 0:
-        obs, ex = obs[:-1], ex[:-1]
-    pval = stats.chisquare(obs, ex * obs.sum() / ex.sum()).pvalue
-    assert pval > ALPHA, f"{what}: chi-square p-value {pval:.2e} < {ALPHA}"
-
-
 def _conditional(params):
     """[V, V]: the pipeline's probs after the prompt and one output token t (row t)."""
     chain, st = _state(params, V)
@@ -107,10 +92,10 @@ def test_emitted_tokens_follow_the_pipeline_jointly_over_two_positions(k, full):
     cond = _conditional(one)
     assert (p0 == 0).sum() >= 3  # the truncations and the penalty are doing something
     rand = slice(greedy_rows, None)
-    _chi2(np.bincount(t0[rand], minlength=V), p0, "first token")
+    chi2_check(np.bincount(t0[rand], minlength=V), p0, "first token")
     joint = np.zeros((V, V))
     np.add.at(joint, (t0[rand], t1[rand]), 1)
-    _chi2(joint, p0[:, None] * cond, "first two tokens")
+    chi2_check(joint, p0[:, None] * cond, "first two tokens")
     assert 0 < np.mean(n_emit[rand] >= 2) < 1  # both paths to the second token were taken
 
     # greedy rows: the argmax chain under the processors (float64 reference below)
@@ -179,7 +164,7 @@ def test_drafts_of_probability_zero_are_all_rejected_and_the_draw_is_exact():
         assert (np.asarray(out.accepted) == 0).all()
         toks = np.asarray(out.tokens)
         assert (toks[:, 1:] == -1).all()
-        _chi2(np.bincount(toks[:, 0], minlength=V), p0, f"correction (full={full})")
+        chi2_check(np.bincount(toks[:, 0], minlength=V), p0, f"correction (full={full})")
 
 
 def test_all_accepted_random_rows_draw_the_bonus_from_the_last_position():
@@ -201,7 +186,7 @@ def test_all_accepted_random_rows_draw_the_bonus_from_the_last_position():
     for t in (4, 9, 3):  # the bonus sees the penalty on the accepted drafts
         st1 = chain.update(st1, jnp.array([t], jnp.int32))
     bonus = np.asarray(nx.probs(jnp.asarray(L[0])[None], one, state=st1)[0], np.float64)
-    _chi2(np.bincount(toks[:, k], minlength=V), bonus, "bonus token")
+    chi2_check(np.bincount(toks[:, k], minlength=V), bonus, "bonus token")
 
 
 def test_state_is_advanced_by_exactly_the_emitted_tokens_and_rows_are_batch_invariant():
@@ -295,7 +280,7 @@ def test_greedy_speculative_generation_equals_greedy_generate_on_the_tiny_model(
 def test_a_draft_model_equal_to_the_target_accepts_everything_and_sampling_is_exact():
     # draft = the target's 2 of 2 layers (`truncated`, sharing the weights): r = p at every
     # position, so every draft is accepted, and the output is still sampled from the target
-    # (a 64-token vocabulary: chi-square on the second token, false-alarm rate ALPHA)
+    # (a 64-token vocabulary: chi-square on the second token, false-alarm rate 1e-3: chisq.ALPHA)
     from nucleax.speculative import generate_speculative, truncated
 
     model = _tiny()
@@ -320,7 +305,7 @@ def test_a_draft_model_equal_to_the_target_accepts_everything_and_sampling_is_ex
     st = chain.init(jnp.asarray([[3, 4, 5]], jnp.int32), jnp.asarray([3]), 64, 4)
     st = chain.update(st, jnp.asarray([t0], jnp.int32))
     want = np.asarray(nx.probs(logits[:, -1], params, state=st)[0], np.float64)
-    _chi2(np.bincount(second[rows], minlength=64), want, "second token after a full accept")
+    chi2_check(np.bincount(second[rows], minlength=64), want, "second token after a full accept")
 
 
 def test_greedy_speculative_equals_greedy_generate_on_smollm2():
