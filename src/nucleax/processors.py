@@ -593,14 +593,10 @@ def no_repeat_ngram(n: Any) -> Processor:
 @functools.partial(jax.jit, static_argnames=("cap",))
 def _ngram_init(size: jax.Array, prompts: jax.Array, lengths: jax.Array, cap: int) -> NgramState:
     """The n-gram state after replaying each prompt's tokens (compiled once per shape)."""
-    batch, width = prompts.shape
+    batch = prompts.shape[0]
     state = NgramState(size, jnp.full((batch, cap), -1, jnp.int32),
                        jnp.zeros((batch,), jnp.int32), jnp.zeros((batch, cap), jnp.int32))
-    if width == 0:
-        return state
-    cols = jnp.arange(width)[None, :] < lengths[:, None]
-    toks = jnp.where(cols, prompts, -1).T  # [T, B]
-    return jax.lax.fori_loop(0, width, lambda i, s: _ngram_update(s, toks[i]), state)
+    return _replay(state, _ngram_update, prompts, lengths)
 
 
 def _ngram_apply(state: NgramState, logits: jax.Array) -> jax.Array:
@@ -614,25 +610,46 @@ def _ngram_apply(state: NgramState, logits: jax.Array) -> jax.Array:
 
 
 def _ngram_update(state: NgramState, tokens: jax.Array) -> NgramState:
-    hist, length, match = state.history, state.length, state.match
+    hist, length, match = _push_matched(state.history, state.length, state.match, tokens,
+                                        jnp.zeros(tokens.shape, bool))
+    return state._replace(history=hist, length=length, match=match)
+
+
+def _push_matched(hist, length, match, tokens, breaks):
+    """Appends `tokens` (-1: none) to the histories `[B, H]` and advances the match table.
+
+    `match[j]` is the length of the common suffix of `history[:j]` and the whole
+    history; appending t makes it `match[j - 1] + 1` where `history[j - 1] == t`
+    (and t does not `break` matches), else 0. A full history slides by one (the
+    oldest token is forgotten). Shared by `no_repeat_ngram` and `dry`.
+    """
     cap = hist.shape[1]
     live = tokens >= 0
     full = length >= cap
-    # Slide the window by one when full (the oldest token is forgotten).
     slide = (live & full)[:, None]
     hist = jnp.where(slide, jnp.roll(hist, -1, axis=1).at[:, -1].set(-1), hist)
     match = jnp.where(slide, jnp.roll(match, -1, axis=1).at[:, -1].set(0), match)
     length = jnp.where(live & full, cap - 1, length)
-    # Appending t: new match[j] = match[j - 1] + 1 if history[j - 1] == t, else 0.
     prev_tok = jnp.concatenate([jnp.full((hist.shape[0], 1), -1, jnp.int32), hist[:, :-1]], 1)
     prev_match = jnp.concatenate([jnp.zeros((hist.shape[0], 1), jnp.int32), match[:, :-1]], 1)
-    new_match = jnp.where(prev_tok == tokens[:, None], prev_match + 1, 0)
+    extend = (prev_tok == tokens[:, None]) & ~breaks[:, None]
+    new_match = jnp.where(extend, prev_match + 1, 0)
     rows = jnp.arange(hist.shape[0])
     new_hist = hist.at[rows, jnp.minimum(length, cap - 1)].set(tokens)
     live_col = live[:, None]
-    return state._replace(history=jnp.where(live_col, new_hist, hist),
-                          length=jnp.where(live, length + 1, length),
-                          match=jnp.where(live_col, new_match, match))
+    return (jnp.where(live_col, new_hist, hist), jnp.where(live, length + 1, length),
+            jnp.where(live_col, new_match, match))
+
+
+def _replay(state: Any, update: Callable[[Any, jax.Array], Any], prompts: jax.Array,
+            lengths: jax.Array) -> Any:
+    """`state` after `update` with each prompt's tokens in turn (-1 past a row's length)."""
+    width = prompts.shape[1]
+    if width == 0:
+        return state
+    cols = jnp.arange(width)[None, :] < lengths[:, None]
+    toks = jnp.where(cols, prompts, -1).T  # [T, B]
+    return jax.lax.fori_loop(0, width, lambda i, s: update(s, toks[i]), state)
 
 
 class DryState(NamedTuple):
@@ -736,15 +753,11 @@ def dry_from_packed(multiplier: Any, base: Any, allowed_length: Any, range: Any,
 def _dry_init(multiplier, base, allowed_length, range_, breaker, prompts, lengths,
               cap: int) -> DryState:
     """The DRY state after replaying each prompt's tokens (compiled once per shape)."""
-    batch, width = prompts.shape
+    batch = prompts.shape[0]
     state = DryState(multiplier, base, allowed_length, range_, breaker,
                      jnp.full((batch, cap), -1, jnp.int32), jnp.zeros((batch,), jnp.int32),
                      jnp.zeros((batch, cap), jnp.int32))
-    if width == 0:
-        return state
-    cols = jnp.arange(width)[None, :] < lengths[:, None]
-    toks = jnp.where(cols, prompts, -1).T  # [T, B]
-    return jax.lax.fori_loop(0, width, lambda i, s: _dry_update(s, toks[i]), state)
+    return _replay(state, _dry_update, prompts, lengths)
 
 
 def _dry_apply(state: DryState, logits: jax.Array) -> jax.Array:
@@ -773,29 +786,13 @@ def _dry_apply(state: DryState, logits: jax.Array) -> jax.Array:
 
 
 def _dry_update(state: DryState, tokens: jax.Array) -> DryState:
-    hist, length, match = state.history, state.length, state.match
-    batch, cap = hist.shape
-    live = tokens >= 0
-    full = length >= cap
-    # Slide the window by one when full (the oldest token is forgotten).
-    slide = (live & full)[:, None]
-    hist = jnp.where(slide, jnp.roll(hist, -1, axis=1).at[:, -1].set(-1), hist)
-    match = jnp.where(slide, jnp.roll(match, -1, axis=1).at[:, -1].set(0), match)
-    length = jnp.where(live & full, cap - 1, length)
-    # Appending t: new match[j] = match[j - 1] + 1 if history[j - 1] == t and t
-    # is not a breaker, else 0.
-    rows = jnp.arange(batch)
+    # A breaker never extends a match.
+    rows = jnp.arange(tokens.shape[0])
     vocab = state.breaker.shape[1]
-    is_breaker = state.breaker[rows, jnp.clip(tokens, 0, max(vocab - 1, 0))] & live
-    prev_tok = jnp.concatenate([jnp.full((batch, 1), -1, jnp.int32), hist[:, :-1]], 1)
-    prev_match = jnp.concatenate([jnp.zeros((batch, 1), jnp.int32), match[:, :-1]], 1)
-    extend = (prev_tok == tokens[:, None]) & ~is_breaker[:, None]
-    new_match = jnp.where(extend, prev_match + 1, 0)
-    new_hist = hist.at[rows, jnp.minimum(length, cap - 1)].set(tokens)
-    live_col = live[:, None]
-    return state._replace(history=jnp.where(live_col, new_hist, hist),
-                          length=jnp.where(live, length + 1, length),
-                          match=jnp.where(live_col, new_match, match))
+    breaks = state.breaker[rows, jnp.clip(tokens, 0, max(vocab - 1, 0))] & (tokens >= 0)
+    hist, length, match = _push_matched(state.history, state.length, state.match, tokens,
+                                        breaks)
+    return state._replace(history=hist, length=length, match=match)
 
 
 # ----------------------------------------------------------------------------
