@@ -400,3 +400,19 @@ def test_host_mu_must_be_finite():
     with pytest.raises(ValueError, match="mu must be finite"):
         nx.sample(jax.random.key(0), jnp.zeros((2, 4)), nx.SamplingParams(mirostat_tau=3.0),
                   mu=jnp.array([1.0, jnp.nan]))
+
+
+def test_generate_on_a_mesh_refuses_the_catalogue_before_placing_anything():
+    from nucleax import decode
+    from nucleax.models.llama import Llama, LlamaConfig, random_weights
+
+    config = LlamaConfig(vocab_size=32, dim=32, n_layers=1, n_heads=4, n_kv_heads=2,
+                         hidden_dim=48, head_dim=8, context_length=64)
+    model = Llama(config, random_weights(config, seed=0, scale=0.5))
+    mesh = jax.make_mesh((2,), ("b",))
+    for fn in (decode.generate, decode.stream):
+        with pytest.raises(NotImplementedError, match="mirostat"):
+            out = fn(model, [[1, 2], [3]], nx.SamplingParams(mirostat_tau=3.0),
+                     key=jax.random.key(0), max_new_tokens=2, mesh=mesh, batch_axis="b")
+            if fn is decode.stream:  # a generator: it starts when iterated
+                next(iter(out))

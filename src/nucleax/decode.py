@@ -185,11 +185,18 @@ def _prepare(model: Any, prompts: Any, key: Any, params: Any, max_new_tokens: An
     return graphdef, state, tokens, lengths, requests, progress, static, width + max_new, max_new
 
 
-def _on_mesh(model: Any, mesh: Any, batch_axis: Any, model_axis: Any) -> tuple[Any, Any]:
-    """The model placed over `mesh` and the sampler's layout (or the model and None)."""
+def _on_mesh(model: Any, mesh: Any, batch_axis: Any, model_axis: Any,
+             params: Any) -> tuple[Any, Any]:
+    """The model placed over `mesh` and the sampler's layout (or the model and None).
+
+    Refuses `params` the sharded sampler does not support (the catalogue, another order).
+    """
     if mesh is None:
         return model, None
     from . import sharding
+    from ._sharded import refuse_catalogue
+
+    refuse_catalogue(check_params(params))
 
     placed = sharding.shard_model(model, mesh, batch_axis=batch_axis, model_axis=model_axis)
     return placed, sharding.layout(mesh, batch_axis, model_axis)
@@ -384,11 +391,7 @@ def generate(model: Any, prompts: Any, params: SamplingParams | None = None, *, 
             model, prompts, params, key=key, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
             pad_id=pad_id, processors=processors, bucket=bucket, draft=speculative,
             draft_tokens=draft_tokens, ngram=ngram).output
-    if mesh is not None:
-        from ._sharded import refuse_catalogue
-
-        refuse_catalogue(check_params(params))
-    model, layout = _on_mesh(model, mesh, batch_axis, model_axis)
+    model, layout = _on_mesh(model, mesh, batch_axis, model_axis, params)
     graphdef, state, tokens, lengths, req, prog, static, cache_len, max_new = _prepare(
         model, prompts, key, params, max_new_tokens, stop_ids, pad_id, bucket, processors)
     static = dataclasses.replace(static, stats=bool(return_stats), layout=layout)
@@ -415,11 +418,7 @@ def stream(model: Any, prompts: Any, params: SamplingParams | None = None, *, ke
     arguments: the same prefill and step functions run, one jitted call per
     step instead of one loop.
     """
-    if mesh is not None:
-        from ._sharded import refuse_catalogue
-
-        refuse_catalogue(check_params(params))
-    model, layout = _on_mesh(model, mesh, batch_axis, model_axis)
+    model, layout = _on_mesh(model, mesh, batch_axis, model_axis, params)
     graphdef, state, tokens, lengths, req, prog, static, cache_len, max_new = _prepare(
         model, prompts, key, params, max_new_tokens, stop_ids, pad_id, bucket, processors)
     static = dataclasses.replace(static, layout=layout)
