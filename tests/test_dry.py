@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from npmodel import forward
+from procrun import run_chain
 
 import nucleax as nx
 from nucleax import decode
@@ -43,18 +44,8 @@ def ref_dry(z, ctx, mult, base, allowed, window=0, breakers=()):
 
 
 def run(proc, z, prompts, outputs, max_new=8):
-    """init from ragged prompts, update with ragged outputs (-1 where a row has none), apply."""
-    batch = len(prompts)
-    width = max(1, max(map(len, prompts)))
-    toks = np.zeros((batch, width), np.int32)
-    for i, p in enumerate(prompts):
-        toks[i, :len(p)] = p
-    state = proc.init(jnp.asarray(toks), jnp.asarray([len(p) for p in prompts], jnp.int32),
-                      z.shape[1], max_new)
-    for step in range(max(map(len, outputs), default=0)):
-        t = [o[step] if step < len(o) else -1 for o in outputs]
-        state = _update(state, jnp.asarray(t, jnp.int32))
-    return np.asarray(_apply(state, jnp.asarray(z, jnp.float32)))
+    """`run_chain` with DRY's update and apply jitted once for the whole file."""
+    return run_chain(proc, z, prompts, outputs, max_new, _update, _apply)
 
 
 _update = jax.jit(pr.dry(1.0).update)

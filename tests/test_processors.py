@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from npmodel import forward
+from procrun import run_chain
 
 import nucleax as nx
 from nucleax import decode
@@ -43,21 +44,6 @@ def ref_process(z, prompt, output, *, allowed=None, bad=(), min_tokens=0, stop_i
             if seq[i:i + ngram - 1] == ctx:
                 z[seq[i + ngram - 1]] = -np.inf
     return z
-
-
-def run_chain(proc, z, prompts, outputs, max_new=8):
-    """init from ragged prompts, update with ragged outputs (-1 where a row has none), apply."""
-    batch = len(prompts)
-    width = max(1, max(map(len, prompts)))
-    toks = np.zeros((batch, width), np.int32)
-    for i, p in enumerate(prompts):
-        toks[i, :len(p)] = p
-    state = proc.init(jnp.asarray(toks), jnp.asarray([len(p) for p in prompts], jnp.int32),
-                      z.shape[1], max_new)
-    for step in range(max(map(len, outputs), default=0)):
-        t = [o[step] if step < len(o) else -1 for o in outputs]
-        state = proc.update(state, jnp.asarray(t, jnp.int32))
-    return np.asarray(proc.apply(state, jnp.asarray(z, jnp.float32)))
 
 
 def assert_logits_close(got, want):
