@@ -1,7 +1,8 @@
 """Wide nuclei: top-p / large top-k rows whose survivors do not fit the window.
 
-The fast method falls back to the exact bisection for those rows, run on the
-CPU over groups of 8 rows (`nucleax._rows.by_rows`). Checked here: the same
+The fast method finds their threshold with a bracketing search in value space
+(`nucleax._truncation.narrow`) and hands the rows it cannot settle to the exact
+bisection, run on the CPU over groups of 8 rows (`nucleax._rows.by_rows`). Checked here: the same
 surviving set as `method="sort"` and as the float64 reference (rows whose
 boundary float32 rounding may legitimately decide are named and skipped
 only for that check), the same tokens for the same keys, batch-size
@@ -143,3 +144,122 @@ def test_no_recompilation_across_parameter_values():
                                   rng.uniform(0.0, 0.1, 16).astype(np.float32))
         nx.sample(keys, z, other)
     assert _sample._sample._cache_size() == before
+
+
+def _search(z, t, p, k=None):
+    """`(tau, settled, undecided)` of the width-independent top-p search on rows `z`."""
+    from nucleax import _truncation as tr
+    from nucleax._rows import Prepared
+
+    batch = z.shape[0]
+    k = np.zeros(batch, np.int32) if k is None else k
+
+    @jax.jit
+    def run(z):
+        r = Prepared(z, jnp.asarray(t, jnp.float32), jnp.asarray(k), jnp.asarray(p, jnp.float32),
+                     jnp.zeros(batch, jnp.float32))
+        vals, _ = tr.window_top_k(r.z, 64)
+        tau_k, beyond = tr.top_k_from_window(r, vals)
+        tau_k = jnp.where(beyond, tr._bisect_top_k(r), tau_k)
+        total_k = tr.total_mass(r, tau_k)
+        _, undecided = tr.top_p_from_window(r, vals, tau_k, total_k)
+        tau, settled = tr.narrow_top_p(r, tau_k, total_k, vals, undecided)
+        return tau, settled, undecided
+
+    return [np.asarray(x) for x in run(jnp.asarray(z))]
+
+
+def test_search_settles_the_wide_family_and_matches_sort():
+    """The bench's wide family (V=151936, nuclei of 100 to 86k tokens): every row is settled by
+    the search (no bisection), and its threshold keeps exactly `method="sort"`'s tokens."""
+    vocab = 151936
+    z = np.concatenate([np.asarray(llm_like_logits(2, vocab, np.float32, seed=i, slope=s))
+                        for i, s in enumerate(WIDE.values())])
+    p = np.tile(np.float32([0.9, 0.95]), 4)
+    t = np.full(8, 0.7, np.float32)
+    tau, settled, undecided = _search(z, t, p)
+    assert undecided.all() and settled.all()
+    want = np.asarray(nx.keep_mask(z, nx.SamplingParams(t, top_p=p), method="sort"))
+    np.testing.assert_array_equal(z >= tau[:, None], want)
+    assert want.sum(axis=1).min() > 64  # really past the first window
+
+
+def test_search_on_adversarial_rows_is_exact_or_hands_over():
+    """Rows built against the search: two far clusters, a tie group holding the boundary, a first
+    probe below the row minimum, a nearly flat row, huge and tiny temperatures, top-k beyond the
+    window. Settled rows keep exactly sort's tokens; the others are handed to the bisection, and
+    `nucleax.keep_mask` (fast) equals sort on every row."""
+    vocab = 30000
+    rng = np.random.default_rng(11)
+    rows, ts, ps, ks = [], [], [], []
+
+    def add(z, t, p, k=0):
+        rows.append(z.astype(np.float32)), ts.append(t), ps.append(p), ks.append(k)
+
+    two = np.where(np.arange(vocab) < vocab // 2, 0.0, -5.0) + rng.normal(0, 1e-3, vocab)
+    add(two, 1.0, 0.999)             # the boundary inside the far, light cluster
+    add(two, 1.0, 0.3)               # inside the heavy cluster
+    ties = rng.normal(-3, 1, vocab)
+    ties[:5000] = -1.0               # 5000 equal values around the boundary
+    add(ties, 1.0, 0.5)
+    add(-0.7 * np.log(rng.permutation(vocab) + 1.0), 0.7, 0.97)  # first probe below the min
+    add(rng.normal(0, 1e-4, vocab), 1.0, 0.9)                    # nearly flat
+    add(rng.normal(0, 3, vocab), 2.0**100, 0.9)                  # huge T: flat weights
+    add(rng.normal(0, 3, vocab), 1e-30, 0.9)                     # tiny T: the max only
+    add(rng.normal(0, 1, vocab), 1.0, 0.9, 5000)                 # top-k beyond the window
+    add(rng.normal(0, 1, vocab), 1.5, 0.95, 200)
+    add(np.repeat(np.arange(300, 0, -1), vocab // 300) / 50.0, 1.0, 0.8)  # groups of 100 ties
+    z = np.stack(rows)
+    t, p, k = np.float32(ts), np.float32(ps), np.int32(ks)
+    tau, settled, undecided = _search(z, t, p, k)
+    params = nx.SamplingParams(t, k, p, np.zeros(len(rows), np.float32))
+    want = np.asarray(nx.keep_mask(z, params, method="sort"))
+    top_k = np.where(k > 0, np.sort(z, axis=1)[np.arange(len(rows)), vocab - np.maximum(k, 1)],
+                     -np.inf)
+    for i in np.flatnonzero(undecided & settled):
+        np.testing.assert_array_equal((z[i] >= tau[i]) & (z[i] >= top_k[i]), want[i],
+                                      err_msg=f"row {i}")
+    assert undecided.sum() == 9  # all but the tiny-T row are past the first window
+    ties = np.isin(np.arange(len(rows)), [2, 9])  # tie groups wider than the second window
+    np.testing.assert_array_equal(settled[undecided], ~ties[undecided])  # those: the bisection
+    np.testing.assert_array_equal(np.asarray(nx.keep_mask(z, params)), want)
+    keys = jax.random.split(jax.random.key(4), len(rows))
+    np.testing.assert_array_equal(nx.sample(keys, z, params), nx.sample(keys, z, params,
+                                                                        method="sort"))
+
+
+def test_top_k_beyond_the_window_is_searched_exactly():
+    """k > the window: the count search settles smooth rows and gives exactly the k-th largest
+    value; a tie group wider than the second window is handed to the bisection; `sample` gives
+    the same tokens as sort."""
+    from nucleax import _truncation as tr
+    from nucleax._rows import Prepared
+
+    vocab = 40000
+    rng = np.random.default_rng(5)
+    slopes = [0.7, 1.0, 1.3]
+    z = np.stack([*(np.asarray(llm_like_logits(1, vocab, np.float32, seed=i, slope=s))[0]
+                    for i, s in enumerate(slopes)),
+                  rng.normal(0, 1, vocab), rng.normal(0, 1e-4, vocab),
+                  np.repeat(np.arange(400, 0, -1), vocab // 400) / 9.0]).astype(np.float32)
+    z[1, rng.choice(vocab, 3000, replace=False)] = -np.inf  # banned tokens do not count
+    k = np.int32([65, 5000, 39000, 200, 12345, 250])
+    batch = len(k)
+
+    @jax.jit
+    def run(z):
+        r = Prepared(z, jnp.ones(batch), jnp.asarray(k), jnp.ones(batch), jnp.zeros(batch))
+        vals, _ = tr.window_top_k(r.z, 64)
+        _, beyond = tr.top_k_from_window(r, vals)
+        return (beyond,) + tr.narrow_top_k(r, vals, beyond)
+
+    beyond, tau, settled = (np.asarray(x) for x in run(jnp.asarray(z)))
+    assert beyond.all()
+    kth = np.sort(z, axis=1)[np.arange(batch), vocab - k]
+    np.testing.assert_array_equal(settled, [True] * 5 + [False])  # 100-token tie groups
+    np.testing.assert_array_equal(tau[settled], kth[settled])
+    params = nx.SamplingParams(np.float32(0.9), k)
+    keys = jax.random.split(jax.random.key(1), batch)
+    np.testing.assert_array_equal(nx.keep_mask(z, params), nx.keep_mask(z, params, method="sort"))
+    np.testing.assert_array_equal(nx.sample(keys, z, params),
+                                  nx.sample(keys, z, params, method="sort"))

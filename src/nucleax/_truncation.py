@@ -14,10 +14,12 @@ Methods:
 - `fast` (default): a static window of the `W` largest values per row, found
   without a full sort (block maxima, then `lax.top_k` on the few blocks that
   can hold them). Top-k with `k <= W` and top-p whose nucleus fits in the
-  window are read off it exactly. Rows where the window cannot decide (top-k
-  with `k > W`, or a top-p nucleus wider than the window) fall back to an
-  exact 32-step bisection over the float32 bit patterns of the row, run only
-  when some row of the batch needs it.
+  window are read off it exactly. Top-k with `k > W` and a top-p nucleus
+  wider than the window are found by a bracketing search in value space
+  (`narrow`: a few masked passes whatever the width, then a second window of
+  the values just above the threshold); the rare row the search does not
+  settle takes an exact 32-step bisection over the float32 bit patterns of
+  the row. Each runs only when some row of the batch needs it.
 - `bisect`: the bisection alone, for every row (no window).
 
 All three give the same `tau` up to float rounding of the cumulative mass,
@@ -38,6 +40,8 @@ from ._rows import NEG_INF, Prepared, blocks, by_rows
 METHODS = ("auto", "fast", "bisect", "sort")
 _WINDOW_BLOCK = 16  # block width for locating the window (best of 8..128 on a 2-core CPU)
 _TINY = np.float32(np.finfo(np.float32).tiny)  # smallest normal float32
+_SEARCH_WINDOW = 64  # the search stops when at most this many tokens lie in its bracket
+_SEARCH_STEPS = 12  # masked passes before a row falls back to the bisection
 
 
 def top_k_from_window(r: Prepared, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -199,6 +203,152 @@ def _bisect_top_p(r: Prepared, tau_k: jax.Array, total_k: jax.Array) -> jax.Arra
     return key_to_float(bisect_uint32(pred, r.z.shape[0]))
 
 
+def _next_up(x: jax.Array) -> jax.Array:
+    """The next float32 above `x` (`x` finite or -inf)."""
+    return key_to_float(ordered_key(x) + jnp.uint32(1))
+
+
+def _next_down(x: jax.Array) -> jax.Array:
+    """The next float32 below `x` (`x` finite or +inf)."""
+    return key_to_float(ordered_key(x) - jnp.uint32(1))
+
+
+def _search_top_k(r: Prepared, vals: jax.Array, need: jax.Array) -> jax.Array:
+    """Exact top-k threshold for the rows `need` whose k exceeds the window `vals`: the search
+    (`narrow_top_k`), and the bisection for the rows it does not settle."""
+    tau, settled = narrow_top_k(r, vals, need)
+    return _fill_in(need & ~settled, lambda: _bisect_top_k(r), tau)
+
+
+def _search_top_p(r: Prepared, tau_k: jax.Array, total_k: jax.Array, vals: jax.Array,
+                  need: jax.Array) -> jax.Array:
+    """Exact top-p threshold for the rows `need` whose nucleus is wider than the window `vals`:
+    the search (`narrow_top_p`), and the bisection for the rows it does not settle."""
+    tau, settled = narrow_top_p(r, tau_k, total_k, vals, need)
+    return _fill_in(need & ~settled, lambda: _bisect_top_p(r, tau_k, total_k), tau)
+
+
+def narrow_top_k(r: Prepared, vals: jax.Array, need: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`narrow` on token counts: weight 1 per live token, `limit = k`."""
+    def weigh(x):
+        return jnp.where(x > NEG_INF, jnp.float32(1.0), jnp.float32(0.0))
+
+    live = jnp.sum(weigh(r.z), axis=-1)
+    return narrow(r, weigh, live, r.k.astype(jnp.float32), None, vals, need, log_above=True)
+
+
+def narrow_top_p(r: Prepared, tau_k: jax.Array, total_k: jax.Array, vals: jax.Array,
+                 need: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`narrow` on the masses of the top-k survivors, `limit = p * total_k`.
+
+    The first probe, `zmax + T log(R / V)` with `R` the mass top-p removes, is a
+    lower end by construction: the at most V tokens below it weigh less than
+    `R` together.
+    """
+    limit = mass_limit(r, total_k)
+    removed = jnp.maximum(total_k - limit, _TINY)
+    first = r.zmax + r.t * jnp.log(removed / r.z.shape[-1])
+    return narrow(r, lambda x: r.exp_weights(x, tau_k), total_k, limit, first, vals, need)
+
+
+def narrow(r: Prepared, weigh, total: jax.Array, limit: jax.Array, first: jax.Array | None,
+           vals: jax.Array, need: jax.Array, log_above: bool = False,
+           ) -> tuple[jax.Array, jax.Array]:
+    """The threshold `tau` keeping the tokens whose weight above them is `< limit`, by a search
+    whose cost does not depend on how many tokens it keeps.
+
+    `weigh` maps values to weights (elementwise; 0 for tokens that cannot
+    survive), `total` is the row's total weight, `first` an optional first
+    probe known to lie at or below the answer. Top-p: exponential weights and
+    `limit = p * total`; top-k: weight 1 per live token and `limit = k`.
+    Returns `(tau, settled)`; `tau` is exact where `settled`.
+
+    A bracket `[lo, hi)` in value space with `below(lo) <= R < below(hi)`,
+    where `below(t)` is the weight of the tokens `< t` and `R = total - limit`
+    the weight the threshold removes, is narrowed by regula falsi, one masked
+    pass per step: on `below(t)` for masses (close to linear in `t` on LLM-like
+    rows), on `log(total - below(t))` for counts (close to exponential), with
+    the Illinois rule so that neither end stalls, and a midpoint when the
+    secant leaves the bracket. It starts from the lowest value of weight > 0
+    (nothing weighs below it) and the first window's last value (all above it
+    is in the window). It stops once the bracket holds at most
+    `_SEARCH_WINDOW` tokens (each weighs at least `weigh(lo)`, so the weight
+    in the bracket bounds their count); then the largest values below `hi` are
+    read like the first window, starting from the weight above `hi`.
+
+    The bench's wide family (nuclei of 100 to 86k tokens) and SmolLM2's logits
+    at T up to 1.5 and p up to 0.99 take 4 to 10 steps; top-k with k from 1000
+    to 20000 on Zipf rows, 3 to 4. A row the search does not settle in
+    `_SEARCH_STEPS` steps (a tie group wider than the second window, say), or
+    whose second window cannot decide, is not `settled`. Exact like the
+    bisection: the answer differs from `method="sort"` only through the float
+    rounding of the masses.
+    """
+    width = min(_SEARCH_WINDOW, r.z.shape[-1])
+    w = weigh(r.z)
+    removed = jnp.maximum(total - limit, _TINY)
+
+    def below(t):
+        return jnp.sum(jnp.where(r.z < t[:, None], w, 0.0), axis=-1)
+
+    last = vals[:, -1]
+    lowest = jnp.min(jnp.where(w > 0, r.z, jnp.inf), axis=-1)
+    above_last = jnp.sum(jnp.where(vals > last[:, None], weigh(vals), 0.0), axis=-1)
+    one = jnp.ones_like(total)
+    start = {"lo": jnp.minimum(lowest, last), "hi": _next_up(last),
+             "below_lo": jnp.zeros_like(total), "below_hi": total - above_last,
+             "scale_lo": one, "scale_hi": one, "moved": jnp.zeros(last.shape, jnp.int32),
+             "step": jnp.zeros((), jnp.int32)}
+
+    def open_(s):  # rows still searching: more than `width` tokens may lie in the bracket
+        return (need & (s["below_hi"] - s["below_lo"] > width * weigh(s["lo"]))
+                & (_next_up(s["lo"]) < s["hi"]))
+
+    def cond(s):
+        return jnp.any(open_(s)) & (s["step"] < _SEARCH_STEPS)
+
+    def body(s):
+        act = open_(s)
+        lo, hi = s["lo"], s["hi"]
+        if log_above:  # counts: the number above t is close to exponential in t; aim
+            # between two counts so that neither end is ever exactly on target
+            aim = jnp.maximum(limit - 0.5, 0.25)
+            f_lo = jnp.log(jnp.maximum(total - s["below_lo"], 0.5) / aim) * s["scale_lo"]
+            f_hi = jnp.log(jnp.maximum(total - s["below_hi"], 0.5) / aim) * s["scale_hi"]
+        else:  # masses: the mass below t is close to linear in t
+            f_lo = (s["below_lo"] - removed) * s["scale_lo"]
+            f_hi = (s["below_hi"] - removed) * s["scale_hi"]
+        t = lo - f_lo * (hi - lo) / (f_hi - f_lo)
+        if first is not None:
+            t = jnp.where((s["step"] == 0) & (first > lo), first, t)
+        # a secant that falls outside the bracket (an end exactly on target): bisect
+        t = jnp.where((t > lo) & (t < hi), t, 0.5 * lo + 0.5 * hi)
+        t = jnp.clip(t, _next_up(lo), _next_down(hi))
+        b = below(t)
+        up = act & (b > removed)  # the weight at or above t is below the limit: upper end
+        down = act & ~(b > removed)
+        # Illinois: an end kept a second time in a row counts half in the next secant
+        scale_lo = jnp.where(up & (s["moved"] == 1), 0.5 * s["scale_lo"],
+                             jnp.where(down, 1.0, s["scale_lo"]))
+        scale_hi = jnp.where(down & (s["moved"] == -1), 0.5 * s["scale_hi"],
+                             jnp.where(up, 1.0, s["scale_hi"]))
+        return {"lo": jnp.where(down, t, lo), "hi": jnp.where(up, t, hi),
+                "below_lo": jnp.where(down, b, s["below_lo"]),
+                "below_hi": jnp.where(up, b, s["below_hi"]),
+                "scale_lo": scale_lo, "scale_hi": scale_hi,
+                "moved": jnp.where(up, 1, jnp.where(down, -1, s["moved"])),
+                "step": s["step"] + 1}
+
+    s = lax.while_loop(cond, body, start)
+    second, _ = window_top_k(jnp.where(r.z < s["hi"][:, None], r.z, NEG_INF), width)
+    w2 = weigh(second)
+    exclusive = (total - s["below_hi"])[:, None] + jnp.cumsum(w2, axis=-1) - w2
+    n = jnp.sum(exclusive < limit[:, None], axis=-1, dtype=jnp.int32)
+    tau = jnp.take_along_axis(second, jnp.maximum(n - 1, 0)[:, None], axis=-1)[:, 0]
+    settled = ~open_(s) & (n >= 1) & ((n < width) | (second[:, -1] == NEG_INF))
+    return tau, settled
+
+
 def _fill_in(undecided: jax.Array, exact, current: jax.Array) -> jax.Array:
     """Replaces `current` by `exact()` where `undecided`, computing it only if any row is."""
     return lax.cond(jnp.any(undecided), lambda: jnp.where(undecided, exact(), current),
@@ -218,7 +368,12 @@ def _window_threshold(r: Prepared, width: int) -> jax.Array:
     else:
         vals = None
         tau_k, undecided_k = jnp.full((batch,), NEG_INF, jnp.float32), r.k_on
-    tau_k = _fill_in(undecided_k & live, lambda: by_rows(_bisect_top_k, r), tau_k)
+    undecided_k = undecided_k & live
+    if vals is None:
+        tau_k = _fill_in(undecided_k, lambda: by_rows(_bisect_top_k, r), tau_k)
+    else:
+        tau_k = _fill_in(undecided_k, lambda: by_rows(_search_top_k, r, vals, undecided_k),
+                         tau_k)
 
     if vals is not None:
         # When the window already holds every top-k survivor (its last value is
@@ -231,6 +386,10 @@ def _window_threshold(r: Prepared, width: int) -> jax.Array:
         total_k = lax.cond(jnp.any(p_on), lambda: total_mass(r, tau_k),
                            lambda: jnp.ones((batch,), jnp.float32))
         tau_p, undecided_p = jnp.full((batch,), NEG_INF, jnp.float32), r.p_on
-    tau_p = _fill_in(undecided_p & live, lambda: by_rows(_bisect_top_p, r, tau_k, total_k),
-                     tau_p)
+    undecided_p = undecided_p & live
+    if vals is None:
+        tau_p = _fill_in(undecided_p, lambda: by_rows(_bisect_top_p, r, tau_k, total_k), tau_p)
+    else:
+        tau_p = _fill_in(undecided_p, lambda: by_rows(_search_top_p, r, tau_k, total_k, vals,
+                                                      undecided_p), tau_p)
     return combine(r, tau_k, tau_p), (None if vals is None else (vals, ids))
