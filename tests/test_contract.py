@@ -226,3 +226,35 @@ def test_window_top_k_equals_lax_top_k(vocab):
         ids = np.asarray(ids)
         assert (ids < vocab).all() and all(len(set(row)) == width for row in ids)
         np.testing.assert_array_equal(np.take_along_axis(z, ids, axis=-1), vals)
+
+
+@pytest.mark.parametrize("batch", [5, 16])
+def test_greedy_batch_is_the_first_maximum_of_the_cleaned_row(batch):
+    """An all-greedy batch takes the block-maxima path (`_draw.first_max`); a mixed batch the
+    inverse CDF with u = 0. Both, and `nucleax.greedy`, give the lowest index of the row max,
+    with NaN as -inf, +inf winning, subnormals as 0, and token 0 for a row with nothing finite;
+    ties straddle the blocks of 16 and the last, padded block."""
+    vocab = 1000
+    rng = np.random.default_rng(batch)
+    z = rng.normal(size=(batch, vocab)).astype(np.float32)
+    z[0, [15, 16, 999]] = 9.0                  # ties across a block edge: 15 wins
+    z[1, :] = np.nan
+    z[1, 998] = -3.0                           # everything else NaN
+    z[2, [7, 500]] = np.inf                    # +inf wins, first of them
+    z[3, :] = -np.inf                          # nothing finite: token 0
+    z[4, :] = 0.0
+    z[4, 3] = 1e-40                            # subnormal counts as 0: token 0
+    z[4, 9] = -0.0
+    want = np.where(np.isnan(z), -np.inf, z)
+    want = np.where(np.abs(want) < np.finfo(np.float32).tiny, 0.0, want)
+    want = np.argmax(want, axis=1)
+    want[3] = 0
+    keys = jax.random.split(jax.random.key(0), batch)
+    greedy = nx.SamplingParams(temperature=0.0)
+    mixed = nx.SamplingParams(temperature=np.where(np.arange(batch) == batch - 1, 1.0, 0.0)
+                              .astype(np.float32))
+    np.testing.assert_array_equal(nx.sample(keys, z, greedy), want)
+    np.testing.assert_array_equal(nx.sample(keys, z, mixed)[:-1], want[:-1])
+    np.testing.assert_array_equal(nx.greedy(z), want)
+    np.testing.assert_array_equal(np.argmax(nx.probs(z, greedy), axis=1), want)
+    np.testing.assert_array_equal(np.asarray(nx.keep_mask(z, greedy)).sum(axis=1), 1)

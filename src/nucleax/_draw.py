@@ -16,15 +16,10 @@ from jax import lax
 from ._rows import NEG_INF, Prepared, blocks, by_rows
 
 
-def argmax(z: jax.Array) -> jax.Array:
-    """int32 argmax of each row of `[B, V]` (lowest index among ties), also under x64."""
-    return lax.argmax(z, z.ndim - 1, jnp.int32)
-
-
 def keep_mask(r: Prepared, tau: jax.Array) -> jax.Array:
     """[B, V] bool: the surviving tokens (one-hot argmax for greedy rows)."""
     vocab = r.z.shape[-1]
-    onehot = jnp.arange(vocab, dtype=jnp.int32)[None, :] == argmax(r.z)[:, None]
+    onehot = jnp.arange(vocab, dtype=jnp.int32)[None, :] == first_max(r)[:, None]
     alive = (r.z >= tau[:, None]) & (r.z > NEG_INF)
     return jnp.where(r.greedy[:, None], onehot, alive)
 
@@ -33,7 +28,7 @@ def dense_probs(r: Prepared, tau: jax.Array) -> jax.Array:
     """[B, V] float32: the distribution sampled from."""
     w = r.exp_weights(r.z, tau)
     w = w / jnp.sum(w, axis=-1, keepdims=True)
-    onehot = jax.nn.one_hot(argmax(r.z), r.z.shape[-1], dtype=jnp.float32)
+    onehot = jax.nn.one_hot(first_max(r), r.z.shape[-1], dtype=jnp.float32)
     return jnp.where(r.greedy[:, None], onehot, w)
 
 
@@ -78,15 +73,42 @@ def draw(r: Prepared, tau: jax.Array, u: jax.Array,
     of the cumulative sums.
     """
     # Greedy rows draw with u = 0 from the tokens at the row max: the first of
-    # them, i.e. the argmax with the lowest index (no separate argmax pass).
+    # them, i.e. the argmax with the lowest index. A batch of greedy rows only
+    # skips the weights: `first_max`, one pass of block maxima.
     tau = jnp.where(r.greedy, r.zmax, tau)
     u = jnp.where(r.greedy, jnp.float32(0.0), jnp.asarray(u, jnp.float32))
-    if window is None:
-        return by_rows(_draw_blocks, r, tau, u)
-    vals, ids = window
-    inside = (tau > vals[:, -1]) & (vals[:, 0] > NEG_INF)
-    return lax.cond(jnp.all(inside), lambda: _draw_window(r, tau, u, vals, ids),
-                    lambda: by_rows(_draw_blocks, r, tau, u))
+
+    def sampled():
+        if window is None:
+            return by_rows(_draw_blocks, r, tau, u)
+        vals, ids = window
+        inside = (tau > vals[:, -1]) & (vals[:, 0] > NEG_INF)
+        return lax.cond(jnp.all(inside), lambda: _draw_window(r, tau, u, vals, ids),
+                        lambda: by_rows(_draw_blocks, r, tau, u))
+
+    return lax.cond(jnp.all(r.greedy), lambda: (first_max(r), jnp.ones_like(r.zmax)), sampled)
+
+
+_MAX_BLOCK = 16  # block width of `first_max`
+
+
+def first_max(r: Prepared) -> jax.Array:
+    """Per row, the lowest index holding the row max `r.zmax` (token 0 for rows with no
+    finite logit), the token every greedy row draws.
+
+    One vectorised pass of block maxima, then the first block reaching the max
+    and the first index inside it: `jnp.argmax` (a variadic reduction) is many
+    times slower than a max on the CPU.
+    """
+    zb = blocks(r.z, _MAX_BLOCK, NEG_INF)
+    nb = zb.shape[1]
+    hit = jnp.max(zb, axis=-1) == r.zmax[:, None]
+    b = jnp.min(jnp.where(hit, jnp.arange(nb, dtype=jnp.int32), nb), axis=-1)
+    b = jnp.minimum(b, nb - 1)
+    inside = jnp.take_along_axis(zb, b[:, None, None], axis=1)[:, 0] == r.zmax[:, None]
+    j = jnp.min(jnp.where(inside, jnp.arange(_MAX_BLOCK, dtype=jnp.int32), _MAX_BLOCK), axis=-1)
+    found = r.valid & (j < _MAX_BLOCK)
+    return jnp.where(found, b * _MAX_BLOCK + j, 0).astype(jnp.int32)
 
 
 def _draw_window(r: Prepared, tau, u, vals, ids) -> tuple[jax.Array, jax.Array]:

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._draw import argmax, keep_mask
+from ._draw import first_max, keep_mask
 from ._params import SamplingParams
 from ._rows import NEG_INF, Prepared, as_batch
 from ._truncation import check_method, threshold
@@ -83,7 +83,7 @@ def _temperature(logits, params):
     z, single = as_batch(logits)
     r = Prepared(z, *params.rows(z.shape[0]))
     scaled = r.log_weights(r.z, jnp.full(r.zmax.shape, NEG_INF, jnp.float32))
-    onehot = jnp.arange(z.shape[-1], dtype=jnp.int32)[None, :] == argmax(r.z)[:, None]
+    onehot = jnp.arange(z.shape[-1], dtype=jnp.int32)[None, :] == first_max(r)[:, None]
     out = jnp.where(r.greedy[:, None], jnp.where(onehot, jnp.float32(0.0), NEG_INF), scaled)
     return out[0] if single else out
 
@@ -106,9 +106,15 @@ def scale_temperature(logits: Any, temperature: Any) -> jax.Array:
 def greedy(logits: Any) -> jax.Array:
     """Argmax per row as int32, lowest index among ties; NaN counts as -inf.
 
-    A row with no finite logit returns 0 (as `nucleax.sample` does).
+    Exactly the token of a greedy row of `nucleax.sample`: a row holding +inf
+    gives its first +inf, subnormal values count as 0, and a row with no
+    finite logit returns 0.
     """
     z, single = as_batch(logits)
-    z = jnp.where(jnp.isnan(z), NEG_INF, z)  # +inf, if any, wins as in `sample`
-    out = argmax(z)
+    out = _greedy(z)
     return out[0] if single else out
+
+
+@jax.jit
+def _greedy(z):
+    return first_max(Prepared(z, *SamplingParams(temperature=0.0).rows(z.shape[0])))

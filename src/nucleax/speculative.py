@@ -32,16 +32,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._draw import _first_crossing, dense_probs
+from ._draw import _first_crossing, dense_probs, first_max
 from ._keys import row_keys
 from ._params import SamplingParams
 from ._sample import build_chain, check_params, init_state, prepare
-
-
-def argmax(z: jax.Array) -> jax.Array:
-    """int32 argmax of each row of `[B, V]` (lowest index among ties), also under x64."""
-    return jax.lax.argmax(z, z.ndim - 1, jnp.int32)
-
 
 __all__ = ["SpeculativeOutput", "VerifyOutput", "generate_speculative", "ngram_drafts",
            "timed_speculative", "truncated", "verify", "verify_impl"]
@@ -120,7 +114,7 @@ def verify_impl(keys: jax.Array, drafts: jax.Array, draft_probs: jax.Array | Non
         z, d = xs
         prep, tau, _, _, _ = prepare(z, params, apply, st)
         p = dense_probs(prep, tau)
-        best = argmax(prep.z)
+        best = first_max(prep)
         if update is not None:
             st = update(st, d)
         return st, (p, best, prep.greedy)
@@ -382,7 +376,7 @@ def _model_drafts(dmodel, dcache, cur, pos, req, procs, static, k):
         prep, tau, _, _, _ = prepare(logits[:, 0].astype(jnp.float32), req.params,
                                      static.apply, st)
         p = dense_probs(prep, tau)
-        best = argmax(prep.z)
+        best = first_max(prep)
         drawn = _dense_draw(p, _draft_uniforms(req.keys, pos + 1 + i))
         d = jnp.where(prep.greedy, best, drawn).astype(jnp.int32)
         r = jnp.where(prep.greedy[:, None], jax.nn.one_hot(best, p.shape[-1], dtype=p.dtype), p)
