@@ -90,9 +90,11 @@ def test_row_groups_do_not_change_any_row():
 
 
 def test_whole_pipeline_row_groups_match_one_pass(monkeypatch):
-    """`sample` runs stages 2-4 in groups of 8 rows on the CPU; with the groups switched off the
-    same batch gives the same tokens and the same log-probabilities (up to the rounding of the
-    draw's total: window vs two-level sum), catalogue samplers and processors included."""
+    """`sample` runs the pipeline in groups of 8 rows on the CPU (stage 1 too when every
+    processor is a built-in one); with the groups switched off the same batch gives the same
+    tokens and the same log-probabilities (up to the rounding of the draw's total: window vs
+    two-level sum), catalogue samplers and processors included, and a user's processor that
+    closes over a whole-batch array still works (it runs on the whole batch)."""
     rng = np.random.default_rng(3)
     z = jnp.asarray((rng.normal(size=(16, 3000)) * rng.choice([0.3, 3.0], (16, 1)))
                     .astype(np.float32))
@@ -103,18 +105,22 @@ def test_whole_pipeline_row_groups_match_one_pass(monkeypatch):
         nx.SamplingParams(temperature=0.8, typical_p=0.9, xtc_probability=0.5, top_n_sigma=2.0,
                           mirostat_tau=np.where(np.arange(16) % 3, 0.0, 3.0).astype(np.float32)),
     ]
-    def run(params):  # a fresh jit: traced again under the current ROW_CHUNK
-        chain = params.processors()
+    def run(params, extra=None):  # a fresh jit: traced again under the current ROW_CHUNK
+        chain = params.processors(extra=extra)
         state = None if chain is None else chain.init(
             jnp.zeros((16, 1), jnp.int32), jnp.ones((16,), jnp.int32), 3000, 1)
         fn = jax.jit(_sample.sample_impl, static_argnums=(3, 5, 6, 7, 8))
         return fn(keys, z, params, None if chain is None else chain.apply, state, True, 2,
                   "auto", 64)
 
-    for params in settings:
-        grouped = run(params)
+    # a user's processor closing over a whole-batch array: stage 1 must see the whole batch
+    shift = jnp.asarray(rng.normal(size=(16, 3000)).astype(np.float32))
+    user = nx.processors.Processor(lambda *a: (), lambda s, z: z + shift, lambda s, t: s)
+    cases = [(settings[0], None), (settings[1], None), (settings[0], [user])]
+    for params, extra in cases:
+        grouped = run(params, extra)
         monkeypatch.setattr(_sample, "ROW_CHUNK", 10**9)
-        whole = run(params)
+        whole = run(params, extra)
         monkeypatch.undo()
         np.testing.assert_array_equal(grouped.tokens, whole.tokens)
         np.testing.assert_array_equal(grouped.top_ids, whole.top_ids)

@@ -24,6 +24,7 @@ from ._keys import row_keys
 from ._params import SamplingParams
 from ._rows import NEG_INF, ROW_CHUNK, Prepared, as_batch
 from ._truncation import check_method
+from .processors import row_local
 from .samplers import check_order, mirostat_init
 
 __all__ = ["SampleOutput", "keep_mask", "probs", "sample"]
@@ -264,12 +265,14 @@ def sample_impl(key, logits, params, apply, state, return_logprobs, top_n, metho
                 mu=None):
     """The traced body of `sample` (no host checks): usable inside any jit.
 
-    Stage 1 runs on the whole batch; stages 2-4 run on groups of `ROW_CHUNK`
-    rows at a time on the CPU backend (`_by_row_groups`), where a `[64, V]`
-    batch's passes leave the cache: every row's arithmetic is the same either
-    way, so are the tokens.
+    The stages run on groups of `ROW_CHUNK` rows at a time on the CPU backend
+    (`_by_row_groups`), where a `[64, V]` batch's passes leave the cache:
+    stage 1 too when every processor is a built-in one (`processors.row_local`;
+    a user's processor runs on the whole batch first). Every row's arithmetic
+    is the same either way, so are the tokens.
     """
-    if apply is None:  # upcast inside the groups: no full-size float32 copy of bf16 logits
+    local = apply is not None and row_local(apply)
+    if apply is None or local:  # upcast inside the groups: no full-size float32 copy of bf16
         as_batch(logits)  # the checks
         z = _as_bits(jnp.asarray(logits))
         single = z.ndim == 1
@@ -280,9 +283,10 @@ def sample_impl(key, logits, params, apply, state, return_logprobs, top_n, metho
     batch = z.shape[0]
     keys = row_keys(key, batch, "the logits' rows")
     how = plan(params)
-    rows = (keys, z, raw, row_values(params, batch), mu)
+    rows = (keys, z, raw, row_values(params, batch), mu, state if local else None)
     body = functools.partial(_sample_rows, how=how, method=method, window=window,
-                             return_logprobs=return_logprobs, top_n=top_n)
+                             return_logprobs=return_logprobs, top_n=top_n,
+                             apply=apply if local else None)
     out = _by_row_groups(body, rows, batch)
     return jax.tree.map(lambda x: _unbatch(x, single), out)
 
@@ -315,10 +319,13 @@ def _as_bits(z: jax.Array) -> jax.Array:
     return lax.bitcast_convert_type(z, jnp.uint16) if z.dtype == jnp.bfloat16 else z
 
 
-def _sample_rows(rows, *, how, method, window, return_logprobs, top_n):
-    """Stages 2-4 and the log-probabilities for a `[b, V]` group of processed rows."""
-    keys, z, raw, values, mu = rows
+def _sample_rows(rows, *, how, method, window, return_logprobs, top_n, apply):
+    """Stages 2-4 and the log-probabilities for a `[b, V]` group of rows (and stage 1 with
+    `apply`, a row-local chain, else the rows arrive processed)."""
+    keys, z, raw, values, mu, state = rows
     z = _upcast(z)
+    if apply is not None:
+        raw, z = z, apply(state, z)
     batch, vocab = z.shape
     u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
     xtc_u = xtc_uniforms(keys) if "xtc" in how.samplers else None

@@ -836,18 +836,34 @@ def as_list(processors: Any) -> list[Processor]:
                     f"a list of them, got {type(processors).__name__}")
 
 
+def _applies(f: Callable[..., Any]) -> list[Callable[..., Any]]:
+    """The leaf `apply` functions of a (possibly nested) chain's apply."""
+    return [g for h in f.fns for g in _applies(h)] if isinstance(f, _ChainApply) else [f]
+
+
+def _builtin_applies() -> dict[Callable[..., Any], tuple[str, ...]]:
+    """The built-in processors' `apply` functions and their SamplingParams fields."""
+    return {_allowed_apply: ("allowed_token_ids",), _bad_words_apply: ("bad_words",),
+            _min_tokens_apply: ("min_tokens",), _bias_apply: ("logit_bias",),
+            _repetition_apply: ("repetition_penalty",),
+            _output_apply: ("frequency_penalty", "presence_penalty"),
+            _ngram_apply: ("no_repeat_ngram_size",), _dry_apply: ("dry_multiplier",)}
+
+
 def builtin_fields(proc: Processor) -> tuple[str, ...]:
     """The SamplingParams fields of the built-in processors inside `proc` (chains searched)."""
+    fields = _builtin_applies()
+    return tuple(n for f in _applies(proc.apply) for n in fields.get(f, ()))
 
-    def applies(f):
-        return [g for h in f.fns for g in applies(h)] if isinstance(f, _ChainApply) else [f]
 
-    fields = {_allowed_apply: ("allowed_token_ids",), _bad_words_apply: ("bad_words",),
-              _min_tokens_apply: ("min_tokens",), _bias_apply: ("logit_bias",),
-              _repetition_apply: ("repetition_penalty",),
-              _output_apply: ("frequency_penalty", "presence_penalty"),
-              _ngram_apply: ("no_repeat_ngram_size",), _dry_apply: ("dry_multiplier",)}
-    return tuple(n for f in applies(proc.apply) for n in fields.get(f, ()))
+def row_local(apply: Callable[..., Any]) -> bool:
+    """Whether `apply` is made only of built-in processors: each row of their output depends
+    on that row of the logits and of the state alone, and every leaf of their state has the
+    batch as its leading axis, so they can run on any group of rows (`nucleax.sample` runs
+    them in 8-row groups on the CPU). A user's processor may close over whole-batch arrays,
+    so a chain holding one runs on the whole batch."""
+    builtin = _builtin_applies()
+    return all(f in builtin for f in _applies(apply))
 
 
 def chain(*processors: Processor | Sequence[Processor]) -> Processor:
