@@ -138,8 +138,18 @@ def rope(x: jax.Array, positions: jax.Array, base: float, interleaved: bool) -> 
 
 
 def _linear(x: jax.Array, w: jax.Array) -> jax.Array:
-    """`x @ w.T` with float32 accumulation (w is `[out, in]`, any float dtype)."""
-    return lax.dot_general(x.astype(w.dtype), w, (((x.ndim - 1,), (1,)), ((), ())),
+    """`x @ w.T` with float32 accumulation (w is `[out, in]`, any float dtype).
+
+    On the CPU it is computed as `(w @ x.T).T`: the same products, and XLA's CPU
+    dot runs a decode step 1.3-1.4x faster in that form at batch 8 (a few rows
+    against `[out, in]` weights), the same at batch 1.
+    """
+    x = x.astype(w.dtype)
+    if jax.default_backend() == "cpu":
+        y = lax.dot_general(w, x, (((1,), (x.ndim - 1,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+        return jnp.moveaxis(y, 0, -1)
+    return lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())),
                            preferred_element_type=jnp.float32)
 
 
