@@ -42,8 +42,10 @@ MIXES = {  # name: (temperature, top_k, top_p, min_p)
     "T1.2+p0.95": (1.2, 0, 0.95, 0.0),  # creative-writing setting (issue 11)
     "T+k50+p0.9": (0.7, 50, 0.9, 0.0),
     "minp0.05": (1.0, 0, 1.0, 0.05),
+    "T+k1000": (0.7, 1000, 1.0, 0.0),  # k past the 64-value window: the search (issue 11)
 }
-MIXED = "mixed"  # every row a different mix, cycling through MIXES
+MIXED = "mixed"  # every row a different mix, cycling through these (kept as first recorded)
+MIXED_FROM = ("greedy", "T", "T+k50", "T+p0.9", "T+p0.95", "T1.2+p0.95", "T+k50+p0.9", "minp0.05")
 # The wider catalogue (issue 10), beside the mixes above: name -> SamplingParams fields. They
 # run stage 3 step by step; the mixes above (every new sampler off) keep their code path.
 CATALOGUE_MIXES = {
@@ -119,7 +121,7 @@ def row_params(mix: str, batch: int) -> nx.SamplingParams:
     if mix in CATALOGUE_MIXES:
         return nx.SamplingParams(**{name: np.full(batch, value, np.float32)
                                     for name, value in CATALOGUE_MIXES[mix].items()})
-    names = list(MIXES) if mix == MIXED else [mix]
+    names = list(MIXED_FROM) if mix == MIXED else [mix]
     cols = np.array([MIXES[names[i % len(names)]] for i in range(batch)])
     return nx.SamplingParams(cols[:, 0], cols[:, 1].astype(np.int32), cols[:, 2], cols[:, 3])
 
