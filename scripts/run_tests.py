@@ -2,12 +2,16 @@
 
 Each file gets a fresh process (and a fresh XLA client): a long single process accumulates many
 compiled programs and 8 simulated devices' worth of buffers, and on this 2-core VM one such run
-once died in XLA after 30 minutes. Arguments are passed to every pytest call (e.g. `-x`, `-k`).
+once died in XLA after 30 minutes. Two files run at a time (at most one per core): most of a file's
+time is XLA compiling, on one thread. No test measures time, so sharing the cores changes no
+outcome. Arguments are passed to every pytest call (e.g. `-x`, `-k`).
 Usage: python scripts/run_tests.py [pytest args] [tests/test_x.py ...]
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 import re
 import subprocess
 import sys
@@ -25,25 +29,35 @@ def main(argv: list[str]) -> int:
     totals = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
     failed_files = []
     start = time.perf_counter()
-    for f in files:
+
+    def run(f: str) -> tuple[str, subprocess.CompletedProcess, float]:
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", *opts, f], cwd=ROOT,
                               capture_output=True, text=True)
-        out = proc.stdout + proc.stderr
-        counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", out)}
-        for k, n in counts.items():
-            totals["error" if k.startswith("error") else k] += n
-        ok = proc.returncode in (0, 5)  # 5: no tests collected (e.g. deselected by -k)
-        if not ok:
-            failed_files.append(f)
-            if not counts.get("failed") and not counts.get("error") and not counts.get("errors"):
-                totals["error"] += 1  # crashed without a summary
-            print(out[-6000:])
-        print(f"{f}: {'ok' if ok else 'FAILED'} "
-              f"({', '.join(f'{n} {k}' for k, n in counts.items()) or 'no summary'}) "
-              f"in {time.perf_counter() - t0:.0f} s", flush=True)
-        if not ok and "-x" in opts:
-            break
+        return f, proc, time.perf_counter() - t0
+
+    jobs = max(1, min(2, os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        pending = [pool.submit(run, f) for f in files]
+        for done in concurrent.futures.as_completed(pending):
+            f, proc, seconds = done.result()
+            out = proc.stdout + proc.stderr
+            found = re.findall(r"(\d+) (passed|failed|skipped|errors?)", out)
+            counts = {k: int(n) for n, k in found}
+            for k, n in counts.items():
+                totals["error" if k.startswith("error") else k] += n
+            ok = proc.returncode in (0, 5)  # 5: no tests collected (e.g. deselected by -k)
+            if not ok:
+                failed_files.append(f)
+                if not any(counts.get(k) for k in ("failed", "error", "errors")):
+                    totals["error"] += 1  # crashed without a summary
+                print(out[-6000:])
+            print(f"{f}: {'ok' if ok else 'FAILED'} "
+                  f"({', '.join(f'{n} {k}' for k, n in counts.items()) or 'no summary'}) "
+                  f"in {seconds:.0f} s", flush=True)
+            if not ok and "-x" in opts:
+                for other in pending:
+                    other.cancel()  # files not started yet
     print(f"suite time {time.perf_counter() - start:.0f} s; failed files: {failed_files or 'none'}")
     line = f"{totals['passed']} passed, {totals['failed'] + totals['error']} failed"
     if totals["skipped"]:
