@@ -228,16 +228,17 @@ def test_window_top_k_equals_lax_top_k(vocab):
         np.testing.assert_array_equal(np.take_along_axis(z, ids, axis=-1), vals)
 
 
-@pytest.mark.parametrize("batch", [5, 16])
-def test_greedy_batch_is_the_first_maximum_of_the_cleaned_row(batch):
-    """An all-greedy batch takes the block-maxima path (`_draw.first_max`); a mixed batch the
-    inverse CDF with u = 0. Both, and `nucleax.greedy`, give the lowest index of the row max,
-    with NaN as -inf, +inf winning, subnormals as 0, and token 0 for a row with nothing finite;
-    ties straddle the blocks of 16 and the last, padded block."""
-    vocab = 1000
+@pytest.mark.parametrize("batch, vocab", [(5, 1000), (16, 1000), (16, 1024)])
+def test_greedy_batch_is_the_first_maximum_of_the_cleaned_row(batch, vocab):
+    """An all-greedy batch takes one pass over the raw rows when they need no cleaning
+    (`_draw.greedy_tokens`: V a multiple of 64, no NaN, a max that is not 0 or subnormal), else
+    the block maxima of the cleaned rows (`_draw.first_max`); a mixed batch the inverse CDF with
+    u = 0. All, and `nucleax.greedy`, give the lowest index of the row max, with NaN as -inf,
+    +inf winning, subnormals as 0, and token 0 for a row with nothing finite; ties straddle the
+    blocks of 16 and 64 and the last, padded block."""
     rng = np.random.default_rng(batch)
     z = rng.normal(size=(batch, vocab)).astype(np.float32)
-    z[0, [15, 16, 999]] = 9.0                  # ties across a block edge: 15 wins
+    z[0, [15, 16, 63, 64, 999]] = 9.0          # ties across block edges: 15 wins
     z[1, :] = np.nan
     z[1, 998] = -3.0                           # everything else NaN
     z[2, [7, 500]] = np.inf                    # +inf wins, first of them
@@ -258,3 +259,11 @@ def test_greedy_batch_is_the_first_maximum_of_the_cleaned_row(batch):
     np.testing.assert_array_equal(nx.greedy(z), want)
     np.testing.assert_array_equal(np.argmax(nx.probs(z, greedy), axis=1), want)
     np.testing.assert_array_equal(np.asarray(nx.keep_mask(z, greedy)).sum(axis=1), 1)
+    # rows that need no cleaning, as a batch of their own (the one-pass path when V % 64 == 0)
+    negative = -np.abs(z[:1]) - 1.0            # a row whose max is negative
+    negative[0, [64, 65, 700]] = -0.5
+    zp = np.concatenate([z[[0, 2, 3] + list(range(5, batch))], negative])
+    wp = np.argmax(zp, axis=1)
+    wp[2] = 0                                  # the row of -inf
+    np.testing.assert_array_equal(nx.sample(keys[:len(zp)], zp, greedy), wp)
+    np.testing.assert_array_equal(nx.greedy(zp), wp)

@@ -17,7 +17,7 @@ import pytest
 from npref import near_boundary, reference_full
 
 import nucleax as nx
-from nucleax import _sample
+from nucleax import _rows, _sample
 from nucleax.apps.bench import WIDE, llm_like_logits, nucleus_width
 
 VOCAB = 40000
@@ -105,7 +105,7 @@ def test_whole_pipeline_row_groups_match_one_pass(monkeypatch):
         nx.SamplingParams(temperature=0.8, typical_p=0.9, xtc_probability=0.5, top_n_sigma=2.0,
                           mirostat_tau=np.where(np.arange(16) % 3, 0.0, 3.0).astype(np.float32)),
     ]
-    def run(params, extra=None):  # a fresh jit: traced again under the current ROW_CHUNK
+    def run(params, extra=None, z=z):  # a fresh jit: traced again under the current ROW_CHUNK
         chain = params.processors(extra=extra)
         state = None if chain is None else chain.init(
             jnp.zeros((16, 1), jnp.int32), jnp.ones((16,), jnp.int32), 3000, 1)
@@ -116,11 +116,13 @@ def test_whole_pipeline_row_groups_match_one_pass(monkeypatch):
     # a user's processor closing over a whole-batch array: stage 1 must see the whole batch
     shift = jnp.asarray(rng.normal(size=(16, 3000)).astype(np.float32))
     user = nx.processors.Processor(lambda *a: (), lambda s, z: z + shift, lambda s, t: s)
-    cases = [(settings[0], None), (settings[1], None), (settings[0], [user])]
-    for params, extra in cases:
-        grouped = run(params, extra)
-        monkeypatch.setattr(_sample, "ROW_CHUNK", 10**9)
-        whole = run(params, extra)
+    # bf16: each group is sliced from the bf16 batch and widened inside the loop
+    cases = [(settings[0], None, z), (settings[1], None, z), (settings[0], [user], z),
+             (settings[0], None, z.astype(jnp.bfloat16))]
+    for params, extra, logits in cases:
+        grouped = run(params, extra, logits)
+        monkeypatch.setattr(_rows, "ROW_CHUNK", 10**9)
+        whole = run(params, extra, logits)
         monkeypatch.undo()
         np.testing.assert_array_equal(grouped.tokens, whole.tokens)
         np.testing.assert_array_equal(grouped.top_ids, whole.top_ids)
@@ -193,8 +195,9 @@ def test_search_settles_the_wide_family_and_matches_sort():
 def test_search_on_adversarial_rows_is_exact_or_hands_over():
     """Rows built against the search: two far clusters, a tie group holding the boundary, a first
     probe below the row minimum, a nearly flat row, huge and tiny temperatures, top-k beyond the
-    window. Settled rows keep exactly sort's tokens; the others are handed to the bisection, and
-    `nucleax.keep_mask` (fast) equals sort on every row."""
+    window. Every row past the first window is settled (the tie groups wider than the second
+    window by the tie check) and keeps exactly sort's tokens; `nucleax.keep_mask` (fast) equals
+    sort on every row."""
     vocab = 30000
     rng = np.random.default_rng(11)
     rows, ts, ps, ks = [], [], [], []
@@ -226,8 +229,7 @@ def test_search_on_adversarial_rows_is_exact_or_hands_over():
         np.testing.assert_array_equal((z[i] >= tau[i]) & (z[i] >= top_k[i]), want[i],
                                       err_msg=f"row {i}")
     assert undecided.sum() == 9  # all but the tiny-T row are past the first window
-    ties = np.isin(np.arange(len(rows)), [2, 9])  # tie groups wider than the second window
-    np.testing.assert_array_equal(settled[undecided], ~ties[undecided])  # those: the bisection
+    assert settled[undecided].all()  # rows 2 and 9: tie groups wider than the second window
     np.testing.assert_array_equal(np.asarray(nx.keep_mask(z, params)), want)
     keys = jax.random.split(jax.random.key(4), len(rows))
     np.testing.assert_array_equal(nx.sample(keys, z, params), nx.sample(keys, z, params,
@@ -235,9 +237,9 @@ def test_search_on_adversarial_rows_is_exact_or_hands_over():
 
 
 def test_top_k_beyond_the_window_is_searched_exactly():
-    """k > the window: the count search settles smooth rows and gives exactly the k-th largest
-    value; a tie group wider than the second window is handed to the bisection; `sample` gives
-    the same tokens as sort."""
+    """k > the window: the count search settles every row (a tie group wider than the second
+    window too) and gives exactly the k-th largest value; `sample` gives the same tokens as
+    sort."""
     from nucleax import _truncation as tr
     from nucleax._rows import Prepared
 
@@ -262,10 +264,70 @@ def test_top_k_beyond_the_window_is_searched_exactly():
     beyond, tau, settled = (np.asarray(x) for x in run(jnp.asarray(z)))
     assert beyond.all()
     kth = np.sort(z, axis=1)[np.arange(batch), vocab - k]
-    np.testing.assert_array_equal(settled, [True] * 5 + [False])  # 100-token tie groups
-    np.testing.assert_array_equal(tau[settled], kth[settled])
+    assert settled.all()  # the last row: 100-token tie groups
+    np.testing.assert_array_equal(tau, kth)
     params = nx.SamplingParams(np.float32(0.9), k)
     keys = jax.random.split(jax.random.key(1), batch)
     np.testing.assert_array_equal(nx.keep_mask(z, params), nx.keep_mask(z, params, method="sort"))
     np.testing.assert_array_equal(nx.sample(keys, z, params),
                                   nx.sample(keys, z, params, method="sort"))
+
+
+def test_ties_at_the_boundary_settle_without_the_bisection():
+    """bf16 logits tie in groups far wider than the second window (a 150k vocabulary has a few
+    thousand distinct bf16 values), so the search's second window often ends inside the tie
+    group that holds the threshold: the tie check settles those rows (one pass) with the exact
+    threshold (the wide family; without it half of these bf16 rows took the bisection). Top-p
+    and top-k beyond the window keep exactly sort's tokens, Gaussian rows too."""
+    vocab = 151936
+    wide = np.concatenate([np.asarray(llm_like_logits(1, vocab, np.float32, seed=i, slope=s))
+                           for i, s in enumerate(WIDE.values())])
+    z = np.asarray(jnp.asarray(np.tile(wide, (2, 1))).astype(jnp.bfloat16).astype(jnp.float32))
+    t = np.float32([0.7, 0.7, 0.7, 0.7, 1.0, 1.0, 1.5, 1.5])
+    p = np.float32([0.9, 0.9, 0.95, 0.95, 0.95, 0.95, 0.95, 0.99])
+    tau, settled, undecided = _search(z, t, p)
+    assert undecided.all() and settled.all()
+    want = np.asarray(nx.keep_mask(z, nx.SamplingParams(t, top_p=p), method="sort"))
+    np.testing.assert_array_equal(z >= tau[:, None], want)
+    gauss = np.random.default_rng(1).normal(size=(4, vocab)).astype(np.float32)
+    z = np.asarray(jnp.asarray(np.concatenate([z[:4], gauss])).astype(jnp.bfloat16)
+                   .astype(jnp.float32))
+    k = np.int32([200, 3000, 40000, 100000, 1000, 5000, 20000, 77777])
+    for params in (nx.SamplingParams(t, top_p=p), nx.SamplingParams(t, k)):
+        np.testing.assert_array_equal(nx.keep_mask(z, params),
+                                      nx.keep_mask(z, params, method="sort"))
+
+
+def test_rows_the_search_leaves_take_the_exact_bisection(monkeypatch):
+    """With the search's steps switched off, wide rows are not settled by the second window; they
+    take the bisection, and `keep_mask` and `sample` still equal sort on every row."""
+    from nucleax import _truncation as tr
+
+    monkeypatch.setattr(tr, "_SEARCH_STEPS", 0)
+    vocab = 20011  # a shape no other test traces: compiled afresh under the patch
+    z = np.concatenate([np.asarray(llm_like_logits(1, vocab, np.float32, seed=i, slope=s))
+                        for i, s in enumerate(WIDE.values())])
+    t, p = np.full(4, 1.0, np.float32), np.full(4, 0.95, np.float32)
+    _, settled, undecided = _search(z, t, p)
+    assert undecided.all() and not settled.any()
+    params = nx.SamplingParams(t, top_p=p)
+    np.testing.assert_array_equal(nx.keep_mask(z, params), nx.keep_mask(z, params, method="sort"))
+    keys = jax.random.split(jax.random.key(7), 4)
+    np.testing.assert_array_equal(nx.sample(keys, z, params),
+                                  nx.sample(keys, z, params, method="sort"))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_row_groups_need_no_full_size_copy_of_the_batch(dtype):
+    """On the CPU the pipeline runs in groups of 8 rows sliced inside the loop: its scratch
+    stays below one copy of the batch at the logits' own width (XLA would otherwise widen or
+    bit-cast a bf16 batch into a full-size copy before the loop, and a call's scratch is
+    allocated afresh: above 32 MiB that is page faults on every call)."""
+    batch, vocab = 128, 8192
+    z = jnp.zeros((batch, vocab), dtype)
+    key = jax.random.key(0)
+    for params in (nx.SamplingParams(0.0), nx.SamplingParams(0.7, top_p=0.9),
+                   nx.SamplingParams(0.7, top_k=1000)):
+        fn = jax.jit(lambda z, key, params=params: nx.sample(key, z, params))
+        scratch = fn.lower(z, key).compile().memory_analysis().temp_size_in_bytes
+        assert scratch < z.size * z.dtype.itemsize, (params, scratch)

@@ -141,33 +141,47 @@ ROW_CHUNK = 8  # rows per group for `by_rows` on the CPU
 
 
 def by_rows(fn, r: Prepared, *xs: jax.Array):
-    """`fn(r, *xs)` computed on groups of `ROW_CHUNK` rows at a time on the CPU backend.
-
-    Every field of `r` and every `x` has the batch as leading axis; `fn` must
-    treat rows independently and return arrays with the batch as leading
-    axis. On the CPU, XLA's masked reductions over a `[64, 151936]` batch run
-    several times slower per element than over 8 rows (the working set leaves
-    the cache, and select-reductions are not vectorised), so a sequential
-    `lax.map` over row groups is 3-5x faster there. Other backends, batches
-    of at most `ROW_CHUNK` rows and batches not divisible by it run `fn` once.
-    The result is the same either way: each row's arithmetic is unchanged.
+    """`fn(r, *xs)` computed on groups of `ROW_CHUNK` rows at a time on the CPU backend
+    (`in_row_groups`). Every field of `r` and every `x` has the batch as leading
+    axis; `fn` must treat rows independently and return arrays with the batch as
+    leading axis.
     """
-    batch = r.z.shape[0]
-    if batch <= ROW_CHUNK or batch % ROW_CHUNK or jax.default_backend() != "cpu":
-        return fn(r, *xs)
-    n = batch // ROW_CHUNK
-    fields = dict(vars(r))
-
-    def split(x):
-        return x.reshape(n, ROW_CHUNK, *x.shape[1:])
-
     def one(args):
         part, parts = args
         rr = object.__new__(Prepared)
         rr.__dict__.update(part)
         return fn(rr, *parts)
 
-    out = jax.lax.map(one, (jax.tree.map(split, fields), tuple(split(x) for x in xs)))
+    return in_row_groups(one, (dict(vars(r)), xs), r.z.shape[0])
+
+
+def in_row_groups(fn, rows, batch: int):
+    """`fn(rows)` on groups of `ROW_CHUNK` rows at a time (a sequential loop) on the CPU
+    backend, when the batch is a multiple of `ROW_CHUNK` above it; else `fn(rows)` once.
+
+    `rows` is a pytree of arrays (or None) with the batch as leading axis; `fn`
+    must treat rows independently and return arrays with the batch as leading
+    axis. On the CPU, XLA's passes over a `[64, 151936]` batch run several times
+    slower per element than over 8 rows (the working set leaves the cache), and
+    every full-size temporary is paid for: the CPU runtime allocates a call's
+    scratch afresh, and above 32 MiB glibc maps new pages each call (page faults
+    cost more than the pass). So each group is sliced inside the loop, from
+    arrays passed through an `optimization_barrier` together with the loop
+    counter: XLA can then hoist nothing out of the loop, in particular not the
+    widening of a bf16 batch (the CPU backend widens bf16 before slicing) into
+    a full-size float32 copy. The result is the same either way: each row's
+    arithmetic is unchanged. Other backends run `fn` once.
+    """
+    if batch <= ROW_CHUNK or batch % ROW_CHUNK or jax.default_backend() != "cpu":
+        return fn(rows)
+
+    def group(carry, i):
+        whole, i = jax.lax.optimization_barrier((rows, i))
+        part = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, i * ROW_CHUNK, ROW_CHUNK),
+                            whole)
+        return carry, fn(part)
+
+    _, out = jax.lax.scan(group, None, jnp.arange(batch // ROW_CHUNK, dtype=jnp.int32))
     return jax.tree.map(lambda o: o.reshape(batch, *o.shape[2:]), out)
 
 

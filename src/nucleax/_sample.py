@@ -18,11 +18,11 @@ import numpy as np
 from jax import lax
 
 from ._catalogue import plan, row_values, stage3, xtc_uniforms
-from ._draw import dense_probs, draw
+from ._draw import dense_probs, draw, greedy_tokens
 from ._draw import keep_mask as _keep_mask
 from ._keys import row_keys
 from ._params import SamplingParams
-from ._rows import NEG_INF, ROW_CHUNK, Prepared, as_batch
+from ._rows import NEG_INF, Prepared, as_batch, flush_subnormal, in_row_groups
 from ._truncation import check_method
 from .processors import row_local
 from .samplers import check_order, mirostat_init
@@ -265,16 +265,16 @@ def sample_impl(key, logits, params, apply, state, return_logprobs, top_n, metho
                 mu=None):
     """The traced body of `sample` (no host checks): usable inside any jit.
 
-    The stages run on groups of `ROW_CHUNK` rows at a time on the CPU backend
-    (`_by_row_groups`), where a `[64, V]` batch's passes leave the cache:
+    The stages run on groups of 8 rows at a time on the CPU backend
+    (`_rows.in_row_groups`), where a `[64, V]` batch's passes leave the cache:
     stage 1 too when every processor is a built-in one (`processors.row_local`;
     a user's processor runs on the whole batch first). Every row's arithmetic
     is the same either way, so are the tokens.
     """
     local = apply is not None and row_local(apply)
-    if apply is None or local:  # upcast inside the groups: no full-size float32 copy of bf16
+    if apply is None or local:  # widened inside the groups: no full-size float32 copy of bf16
         as_batch(logits)  # the checks
-        z = _as_bits(jnp.asarray(logits))
+        z = jnp.asarray(logits)
         single = z.ndim == 1
         z, raw = (z[None] if single else z), None
     else:
@@ -287,52 +287,38 @@ def sample_impl(key, logits, params, apply, state, return_logprobs, top_n, metho
     body = functools.partial(_sample_rows, how=how, method=method, window=window,
                              return_logprobs=return_logprobs, top_n=top_n,
                              apply=apply if local else None)
-    out = _by_row_groups(body, rows, batch)
+    if local or return_logprobs or top_n:
+        out = in_row_groups(body, rows, batch)
+    else:  # a batch of greedy rows needs only each row's first max: about one pass, no groups
+        greedy = ~(flush_subnormal(rows[3]["temperature"]) > 0)
+        def grouped():  # also the greedy batch's rows that need cleaning
+            return in_row_groups(body, rows, batch)
+
+        out = lax.cond(jnp.all(greedy), lambda: greedy_tokens(z, grouped), grouped)
     return jax.tree.map(lambda x: _unbatch(x, single), out)
-
-
-def _by_row_groups(fn, rows, batch: int):
-    """`fn(rows)` on groups of `ROW_CHUNK` rows (a sequential `lax.map`) on the CPU backend
-    when the batch is a multiple of it above it; else `fn(rows)` once."""
-    if batch <= ROW_CHUNK or batch % ROW_CHUNK or jax.default_backend() != "cpu":
-        return fn(rows)
-    n = batch // ROW_CHUNK
-
-    def split(x):
-        return x.reshape(n, ROW_CHUNK, *x.shape[1:])
-
-    out = lax.map(fn, jax.tree.map(split, rows))
-    return jax.tree.map(lambda o: o.reshape(batch, *o.shape[2:]), out)
-
-
-def _upcast(z: jax.Array) -> jax.Array:
-    """float32 values of a group's logits. bf16 arrives as its uint16 bits (`_as_bits`) and is
-    widened with integer ops: XLA would otherwise hoist a `convert` out of the row groups'
-    loop and write a full-size float32 copy of the batch (slow on the CPU)."""
-    if z.dtype == jnp.uint16:
-        return lax.bitcast_convert_type(z.astype(jnp.uint32) << 16, jnp.float32)
-    return z.astype(jnp.float32)
-
-
-def _as_bits(z: jax.Array) -> jax.Array:
-    """bf16 logits as their uint16 bits (exact; see `_upcast`), other dtypes unchanged."""
-    return lax.bitcast_convert_type(z, jnp.uint16) if z.dtype == jnp.bfloat16 else z
 
 
 def _sample_rows(rows, *, how, method, window, return_logprobs, top_n, apply):
     """Stages 2-4 and the log-probabilities for a `[b, V]` group of rows (and stage 1 with
     `apply`, a row-local chain, else the rows arrive processed)."""
     keys, z, raw, values, mu, state = rows
-    z = _upcast(z)
+    z = z.astype(jnp.float32)  # bf16 is widened here, a group at a time
     if apply is not None:
         raw, z = z, apply(state, z)
     batch, vocab = z.shape
-    u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
-    xtc_u = xtc_uniforms(keys) if "xtc" in how.samplers else None
-    r, tau, window_vals = stage3(z, how, values, method, window, xtc_u, mu)
-    tokens, total = draw(r, tau, u, window_vals)
+
+    def sampled():
+        u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
+        xtc_u = xtc_uniforms(keys) if "xtc" in how.samplers else None
+        r, tau, window_vals = stage3(z, how, values, method, window, xtc_u, mu)
+        return (r, tau, *draw(r, tau, u, window_vals))
+
     if not (return_logprobs or top_n):
-        return tokens
+        if apply is None:  # `sample_impl` has taken an all-greedy batch already
+            return sampled()[2]
+        greedy = ~(flush_subnormal(values["temperature"]) > 0)  # about one pass, as there
+        return lax.cond(jnp.all(greedy), greedy_tokens, lambda z: sampled()[2], z)
+    r, tau, tokens, total = sampled()
 
     # Raw log-probabilities: log_softmax of the logits before any processor,
     # as (z - max) - log(sum exp(z - max)) so that huge logits keep precision.

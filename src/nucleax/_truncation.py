@@ -17,7 +17,8 @@ Methods:
   window are read off it exactly. Top-k with `k > W` and a top-p nucleus
   wider than the window are found by a bracketing search in value space
   (`narrow`: a few masked passes whatever the width, then a second window of
-  the values just above the threshold); the rare row the search does not
+  the values just above the threshold, and one more pass when that window
+  ends inside a tie group); the rare row the search does not
   settle takes an exact 32-step bisection over the float32 bit patterns of
   the row. Each runs only when some row of the batch needs it.
 - `bisect`: the bisection alone, for every row (no window).
@@ -278,11 +279,15 @@ def narrow(r: Prepared, weigh, total: jax.Array, limit: jax.Array, first: jax.Ar
 
     The bench's wide family (nuclei of 100 to 86k tokens) and SmolLM2's logits
     at T up to 1.5 and p up to 0.99 take 4 to 10 steps; top-k with k from 1000
-    to 20000 on Zipf rows, 3 to 4. A row the search does not settle in
-    `_SEARCH_STEPS` steps (a tie group wider than the second window, say), or
-    whose second window cannot decide, is not `settled`. Exact like the
-    bisection: the answer differs from `method="sort"` only through the float
-    rounding of the masses.
+    to 20000 on Zipf rows, 3 to 4. A tie group wider than the second window at
+    the threshold (bf16 logits: a 150k vocabulary holds a few thousand
+    distinct bf16 values) keeps the bracket from ever holding 64 tokens, so
+    the search runs its `_SEARCH_STEPS` steps; the second window then ends
+    inside the group, and one pass (the weight below its last value) decides
+    whether the threshold is that value. A row whose second window still
+    cannot decide is not `settled`. Exact like the bisection: the answer
+    differs from `method="sort"` only through the float rounding of the
+    masses.
     """
     width = min(_SEARCH_WINDOW, r.z.shape[-1])
     w = weigh(r.z)
@@ -345,8 +350,15 @@ def narrow(r: Prepared, weigh, total: jax.Array, limit: jax.Array, first: jax.Ar
     exclusive = (total - s["below_hi"])[:, None] + jnp.cumsum(w2, axis=-1) - w2
     n = jnp.sum(exclusive < limit[:, None], axis=-1, dtype=jnp.int32)
     tau = jnp.take_along_axis(second, jnp.maximum(n - 1, 0)[:, None], axis=-1)[:, 0]
-    settled = ~open_(s) & (n >= 1) & ((n < width) | (second[:, -1] == NEG_INF))
-    return tau, settled
+    decided = need & (n >= 1) & ((n < width) | (second[:, -1] == NEG_INF))
+    # Every value of the second window survives: the threshold is its last value `v` (a tie
+    # group that runs past the window, as bf16 logits have) when the tokens below `v` weigh
+    # at most what the threshold removes; one pass, and only if some row needs it.
+    v = second[:, -1]
+    full = need & ~decided & (n >= 1)
+    ties = lax.cond(jnp.any(full), lambda: full & ~(below(v) > removed),
+                    lambda: jnp.zeros_like(full))
+    return jnp.where(ties, v, tau), decided | ties
 
 
 def _fill_in(undecided: jax.Array, exact, current: jax.Array) -> jax.Array:

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._draw import first_max, keep_mask
+from ._draw import first_max, greedy_tokens, keep_mask
 from ._params import SamplingParams
 from ._rows import NEG_INF, Prepared, as_batch
 from ._truncation import check_method, threshold
@@ -117,4 +117,4 @@ def greedy(logits: Any) -> jax.Array:
 
 @jax.jit
 def _greedy(z):
-    return first_max(Prepared(z, *SamplingParams(temperature=0.0).rows(z.shape[0])))
+    return greedy_tokens(z)
