@@ -116,48 +116,50 @@ _PLAIN_BLOCK = 64  # block width of `greedy_tokens`' one pass
 _TINY = np.float32(np.finfo(np.float32).tiny)  # smallest normal float32
 
 
-def greedy_tokens(z: jax.Array, otherwise=None) -> jax.Array:
-    """`first_max` of `[B, V]` rows `z` (any float dtype: a max is exact in it) not yet cleaned,
-    in about one pass: the token of a greedy row (`nucleax.greedy`, and `sample` when every
-    row is greedy).
-
-    Block maxima of the raw values (a plain reduction: XLA's CPU backend runs
-    it at the speed of `jnp.max`, where a select feeding it would be written
-    out first), a NaN check by a row sum (a sum propagates NaN, the CPU's
-    max does not reliably), then the first block reaching the row max and
-    the first index inside it. Rows are taken as they are only when that
-    gives the cleaned answer: no NaN, and a row max that is not 0 or
-    subnormal (cleaning maps -0.0 and subnormals to +0.0, which then tie).
-    A +inf row gives its first +inf, a row of -inf token 0, as cleaned. Else
-    `otherwise()`, by default the cleaned rows' `first_max`.
-    """
-    b, v = z.shape
+def greedy_tokens(z: jax.Array) -> jax.Array:
+    """`first_max` of `[B, V]` rows `z` not yet cleaned: `plain_first_max` when every row is
+    plain, else the cleaned rows' `first_max`. The token of a greedy row (`nucleax.greedy`,
+    and `sample` when every row is greedy)."""
+    b = z.shape[0]
+    tokens, plain = plain_first_max(z)
 
     def cleaned():
         zeros = jnp.zeros((b,), jnp.float32)
         return first_max(Prepared(z, zeros, jnp.zeros((b,), jnp.int32), zeros + 1, zeros))
 
-    cleaned = cleaned if otherwise is None else otherwise
+    return lax.cond(plain, lambda: tokens, cleaned)
 
+
+def plain_first_max(z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`(tokens, plain)`: `first_max` of `[B, V]` rows `z` (any float dtype: a max is exact
+    in it) not yet cleaned, in about one pass, valid where `plain` (a scalar) is true.
+
+    Block maxima of the raw values (a plain reduction: XLA's CPU backend runs
+    it at the speed of `jnp.max`, where a select feeding it would be written
+    out first), a NaN check by a row sum (a sum propagates NaN, the CPU's max
+    does not reliably), then the first block reaching the row max and the
+    first index inside it. The raw rows give the cleaned rows' answer when
+    `plain`: no row holds NaN or has a row max of 0 or a subnormal (cleaning
+    maps -0.0 and subnormals to +0.0, which then tie), and V is a multiple of
+    the block. A +inf row gives its first +inf, a row of -inf token 0, as
+    cleaned.
+    """
+    b, v = z.shape
     if v % _PLAIN_BLOCK or v // _PLAIN_BLOCK < 2:
-        return cleaned()
-    zb = z.reshape(b, v // _PLAIN_BLOCK, _PLAIN_BLOCK)
+        return jnp.zeros((b,), jnp.int32), jnp.bool_(False)
+    nb = v // _PLAIN_BLOCK
+    zb = z.reshape(b, nb, _PLAIN_BLOCK)
     block_max = jnp.max(zb, axis=-1)
     # the barrier keeps XLA from merging the two maxima into a second pass over `z`
     top = jnp.max(lax.optimization_barrier(block_max), axis=-1)
-    plain = ~jnp.isnan(jnp.sum(z, axis=-1)) & (jnp.abs(top) >= _TINY)
-
-    def first():
-        nb = block_max.shape[1]
-        hit = block_max == top[:, None]
-        blk = jnp.minimum(jnp.min(jnp.where(hit, jnp.arange(nb, dtype=jnp.int32), nb), axis=-1),
-                          nb - 1)
-        inside = jnp.take_along_axis(zb, blk[:, None, None], axis=1)[:, 0] == top[:, None]
-        j = jnp.min(jnp.where(inside, jnp.arange(_PLAIN_BLOCK, dtype=jnp.int32), _PLAIN_BLOCK - 1),
-                    axis=-1)
-        return (blk * _PLAIN_BLOCK + j).astype(jnp.int32)
-
-    return lax.cond(jnp.all(plain), first, cleaned)
+    plain = jnp.all(~jnp.isnan(jnp.sum(z, axis=-1)) & (jnp.abs(top) >= _TINY))
+    hit = block_max == top[:, None]
+    blk = jnp.minimum(jnp.min(jnp.where(hit, jnp.arange(nb, dtype=jnp.int32), nb), axis=-1),
+                      nb - 1)
+    inside = jnp.take_along_axis(zb, blk[:, None, None], axis=1)[:, 0] == top[:, None]
+    j = jnp.min(jnp.where(inside, jnp.arange(_PLAIN_BLOCK, dtype=jnp.int32), _PLAIN_BLOCK - 1),
+                axis=-1)
+    return (blk * _PLAIN_BLOCK + j).astype(jnp.int32), plain
 
 
 def _draw_window(r: Prepared, tau, u, vals, ids) -> tuple[jax.Array, jax.Array]:

@@ -18,7 +18,7 @@ import numpy as np
 from jax import lax
 
 from ._catalogue import plan, row_values, stage3, xtc_uniforms
-from ._draw import dense_probs, draw, greedy_tokens
+from ._draw import dense_probs, draw, greedy_tokens, plain_first_max
 from ._draw import keep_mask as _keep_mask
 from ._keys import row_keys
 from ._params import SamplingParams
@@ -290,11 +290,11 @@ def sample_impl(key, logits, params, apply, state, return_logprobs, top_n, metho
     if local or return_logprobs or top_n:
         out = in_row_groups(body, rows, batch)
     else:  # a batch of greedy rows needs only each row's first max: about one pass, no groups
-        greedy = ~(flush_subnormal(rows[3]["temperature"]) > 0)
-        def grouped():  # also the greedy batch's rows that need cleaning
-            return in_row_groups(body, rows, batch)
-
-        out = lax.cond(jnp.all(greedy), lambda: greedy_tokens(z, grouped), grouped)
+        greedy = jnp.all(~(flush_subnormal(rows[3]["temperature"]) > 0))
+        tokens, done = lax.cond(greedy, plain_first_max,
+                                lambda z: (jnp.zeros((batch,), jnp.int32), jnp.bool_(False)), z)
+        # the pipeline (traced once) for the rest, greedy rows that need cleaning included
+        out = lax.cond(done, lambda: tokens, lambda: in_row_groups(body, rows, batch))
     return jax.tree.map(lambda x: _unbatch(x, single), out)
 
 
