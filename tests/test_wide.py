@@ -325,9 +325,8 @@ def test_row_groups_need_no_full_size_copy_of_the_batch(dtype):
     allocated afresh: above 32 MiB that is page faults on every call)."""
     batch, vocab = 128, 8192
     z = jnp.zeros((batch, vocab), dtype)
-    key = jax.random.key(0)
-    for params in (nx.SamplingParams(0.0), nx.SamplingParams(0.7, top_p=0.9),
-                   nx.SamplingParams(0.7, top_k=1000)):
-        fn = jax.jit(lambda z, key, params=params: nx.sample(key, z, params))
-        scratch = fn.lower(z, key).compile().memory_analysis().temp_size_in_bytes
-        assert scratch < z.size * z.dtype.itemsize, (params, scratch)
+    # the knobs are traced: one program holds every path (greedy, window, search, bisection)
+    params = nx.SamplingParams(0.7, top_k=1000, top_p=0.9)
+    fn = jax.jit(lambda z, key, params: nx.sample(key, z, params))
+    scratch = fn.lower(z, jax.random.key(0), params).compile().memory_analysis().temp_size_in_bytes
+    assert scratch < z.size * z.dtype.itemsize, scratch
