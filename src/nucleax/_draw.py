@@ -112,7 +112,7 @@ def first_max(r: Prepared) -> jax.Array:
     return jnp.where(found, b * _MAX_BLOCK + j, 0).astype(jnp.int32)
 
 
-_PLAIN_BLOCK = 64  # block width of `greedy_tokens`' one pass
+_PLAIN_BLOCK = 64  # block width of `plain_first_max`' one pass
 _TINY = np.float32(np.finfo(np.float32).tiny)  # smallest normal float32
 
 
