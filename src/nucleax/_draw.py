@@ -102,14 +102,19 @@ def first_max(r: Prepared) -> jax.Array:
     times slower than a max on the CPU.
     """
     zb = blocks(r.z, _MAX_BLOCK, NEG_INF)
-    nb = zb.shape[1]
-    hit = jnp.max(zb, axis=-1) == r.zmax[:, None]
-    b = jnp.min(jnp.where(hit, jnp.arange(nb, dtype=jnp.int32), nb), axis=-1)
-    b = jnp.minimum(b, nb - 1)
-    inside = jnp.take_along_axis(zb, b[:, None, None], axis=1)[:, 0] == r.zmax[:, None]
-    j = jnp.min(jnp.where(inside, jnp.arange(_MAX_BLOCK, dtype=jnp.int32), _MAX_BLOCK), axis=-1)
+    b, j = _first_at(zb, jnp.max(zb, axis=-1), r.zmax)
     found = r.valid & (j < _MAX_BLOCK)
     return jnp.where(found, b * _MAX_BLOCK + j, 0).astype(jnp.int32)
+
+
+def _first_at(zb: jax.Array, block_max: jax.Array, top: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`(b, j)`: the first block of `zb [B, nb, size]` whose max (`block_max [B, nb]`) equals
+    `top [B]`, and the first index inside it holding `top` (`size` where none does)."""
+    nb, size = zb.shape[1:]
+    hit = block_max == top[:, None]
+    b = jnp.minimum(jnp.min(jnp.where(hit, jnp.arange(nb, dtype=jnp.int32), nb), axis=-1), nb - 1)
+    inside = jnp.take_along_axis(zb, b[:, None, None], axis=1)[:, 0] == top[:, None]
+    return b, jnp.min(jnp.where(inside, jnp.arange(size, dtype=jnp.int32), size), axis=-1)
 
 
 _PLAIN_BLOCK = 64  # block width of `plain_first_max`' one pass
@@ -153,13 +158,8 @@ def plain_first_max(z: jax.Array) -> tuple[jax.Array, jax.Array]:
     # the barrier keeps XLA from merging the two maxima into a second pass over `z`
     top = jnp.max(lax.optimization_barrier(block_max), axis=-1)
     plain = jnp.all(~jnp.isnan(jnp.sum(z, axis=-1)) & (jnp.abs(top) >= _TINY))
-    hit = block_max == top[:, None]
-    blk = jnp.minimum(jnp.min(jnp.where(hit, jnp.arange(nb, dtype=jnp.int32), nb), axis=-1),
-                      nb - 1)
-    inside = jnp.take_along_axis(zb, blk[:, None, None], axis=1)[:, 0] == top[:, None]
-    j = jnp.min(jnp.where(inside, jnp.arange(_PLAIN_BLOCK, dtype=jnp.int32), _PLAIN_BLOCK - 1),
-                axis=-1)
-    return (blk * _PLAIN_BLOCK + j).astype(jnp.int32), plain
+    b, j = _first_at(zb, block_max, top)
+    return (b * _PLAIN_BLOCK + jnp.minimum(j, _PLAIN_BLOCK - 1)).astype(jnp.int32), plain
 
 
 def _draw_window(r: Prepared, tau, u, vals, ids) -> tuple[jax.Array, jax.Array]:
